@@ -1,0 +1,27 @@
+"""User-facing errors and warnings: one line each, naming the file, tensor or option and the fix."""
+
+from __future__ import annotations
+
+import sys
+
+
+class QuantError(Exception):
+    """A problem with the user's data or model. The CLI prints it on one line and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class UsageError(QuantError):
+    """A bad option or option combination (exit code 2, like click's own usage errors)."""
+
+    exit_code = 2
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning on stderr without breaking an active tqdm progress bar."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(f"quanttool: warning: {message}", file=sys.stderr)
+    except Exception:  # pragma: no cover - tqdm is a hard dependency; this is belt and braces
+        print(f"quanttool: warning: {message}", file=sys.stderr)

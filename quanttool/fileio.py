@@ -1,0 +1,43 @@
+"""Atomic output: write to a temp file in the target folder, then rename, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import QuantError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs):
+    """Open a temp file beside `path`; on success rename it over `path`, on error remove it."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise QuantError(f"{path}: output folder {folder} does not exist; create it or choose another path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def check_distinct(output: str | os.PathLike, *inputs: str | os.PathLike | None, option: str = "--output") -> None:
+    """Refuse an output path that would overwrite one of the inputs."""
+    out = Path(output).resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve() == out:
+            raise QuantError(f"{option} {output}: this is also an input file; choose a different output path")
