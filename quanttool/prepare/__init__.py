@@ -1,0 +1,71 @@
+"""Graph preparation shared by calibrate, convert and evaluate: load a model safely, fix its input shapes,
+fold constants and BatchNormalization, drop no-ops, name every node, and prove the result computes the same.
+
+One job per module: load (read, validate, hash), shapes (input specs, inference), fold_constants, fold_bn,
+passthrough (Identity/Dropout), graph (bookkeeping), verify (numeric check).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..errors import QuantError
+from .fold_bn import fold_batchnorm
+from .fold_constants import fold_constants
+from .graph import name_nodes, remove_dead, topo_sort
+from .load import clamp_ir, load_model, model_hash
+from .passthrough import remove_passthrough
+from .shapes import fix_input_dims, infer_shapes, input_specs
+from .verify import verify_prepared
+
+__all__ = ["load_model", "model_hash", "input_specs", "prepare"]
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    """Old exports list weights as graph inputs too; they are constants, not inputs to feed."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [info for info in graph.input if info.name not in weights]
+    if len(inputs) != len(graph.input):
+        graph.ClearField("input")
+        graph.input.extend(inputs)
+    # IR 3 required every initializer to be a graph input; IR 4 lifted that and changed nothing else
+    model.ir_version = max(model.ir_version, 4)
+
+
+def _check(model: onnx.ModelProto, name: str) -> None:
+    if model.ByteSize() >= 2**31 - 2**20:
+        return  # the checker needs a serialisable proto; load_model already checked the original by path
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:
+        detail = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise QuantError(f"{name}: the prepared graph fails the ONNX checker ({detail}); "
+                         "this is a quanttool bug, please report it with the model") from None
+
+
+def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool = True,
+            name: str = "model") -> onnx.ModelProto:
+    """A new, inference-ready copy of `model`. With specs, input dims are fixed to them first (so shape chains
+    fold); without, the model's dynamic dims are kept. Ops the tool does not know pass through untouched, and
+    surviving tensors keep their names; graph output names never change."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    clamp_ir(work)
+    _drop_initializer_inputs(work)
+    # Name unnamed nodes by their position in the ORIGINAL graph, so the static (calibrate) and dynamic
+    # (convert) preparations of one model agree on names whatever each one folds away.
+    name_nodes(work.graph)
+    if specs:
+        fix_input_dims(work, specs)
+    fold_constants(work)  # runs shape inference each round
+    remove_passthrough(work.graph)
+    fold_batchnorm(work.graph)
+    remove_dead(work.graph)
+    topo_sort(work.graph)
+    name_nodes(work.graph)  # nodes created above (BN -> Mul + Add of an unnamed BN)
+    infer_shapes(work)  # fresh value_info for the passes downstream
+    _check(work, name)
+    if verify:
+        verify_prepared(model, work, specs, name)
+    return work
