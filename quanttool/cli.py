@@ -1,0 +1,218 @@
+"""The `quanttool` command line: calibrate, convert, evaluate.
+
+Every error is one line on stderr that names the file, tensor or option and the fix. Exit code 1 is for
+data and model errors, 2 for usage errors. `--debug` shows the Python traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import QuantError, UsageError
+
+ALGORITHMS = ["minmax", "kl", "aciq", "percentile", "mse", "0", "1", "2"]
+TENGINE_NUMBERS = {"0": "minmax", "1": "kl", "2": "aciq"}
+
+
+def input_options(func):
+    """Options shared by every command that reads images (Tengine's short flags as aliases)."""
+    options = [
+        click.option("-i", "--images", "images", multiple=True, metavar="DIR | NAME=DIR",
+                     help="Image folder, searched recursively (.jpg .jpeg .png .bmp .webp .npy), sorted by "
+                          "relative path. A model with several inputs takes NAME=DIR once per input; files are "
+                          "paired by relative path. .npy files are ready CHW/NCHW float32 tensors."),
+        click.option("-g", "--shape", "shape", multiple=True, metavar="C,H,W | NAME=C,H,W",
+                     help="Input shape, required when the model input has dynamic H/W (dynamic batch becomes 1). "
+                          "NAME=C,H,W sets one input of a multi-input model (repeatable)."),
+        click.option("-w", "--mean", default="0", show_default=True, metavar="V[,V,V]",
+                     help="Per-channel mean subtracted from the pixel values (0..255)."),
+        click.option("-s", "--norm", default="1", show_default=True, metavar="V[,V,V]",
+                     help="Per-channel multiplier (Tengine's 'scale'): tensor = (pixel - mean) * norm."),
+        click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), default="rgb", show_default=True,
+                     help="Channel order the model expects."),
+        click.option("--resize", type=click.Choice(["stretch", "center-crop", "letterbox"]), default="stretch",
+                     show_default=True,
+                     help="stretch: bilinear to HxW ignoring aspect (Tengine). center-crop: short side to H/0.875, "
+                          "then the centre HxW. letterbox: keep aspect and pad."),
+        click.option("--pad-value", type=float, default=None, metavar="V",
+                     help="Letterbox padding pixel value [default: the mean, so padding normalises to 0]."),
+        click.option("--focus", is_flag=True, help="YOLOv5 Focus: space-to-depth to 4x channels at half H and W."),
+        click.option("--max-images", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Use at most N images, evenly spread over the sorted list."),
+        click.option("-t", "--threads", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+                     help="onnxruntime threads (0: onnxruntime's default); decoding uses the same count."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def model_option(func):
+    return click.option("-m", "--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                        help="The fp32 ONNX model.")(func)
+
+
+def calibration_options(func):
+    options = [
+        click.option("-a", "--algorithm", type=click.Choice(ALGORITHMS), default="minmax", show_default=True,
+                     help="Clip-range algorithm; Tengine's numbers 0/1/2 mean minmax/kl/aciq."),
+        click.option("--scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default="auto",
+                     show_default=True,
+                     help="symmetric: zero point 0, +-127. asymmetric: affine over [min, max]. auto: symmetric, "
+                          "but tensors that are never negative use all 256 levels with zero point -128."),
+        click.option("--percentile", type=click.FloatRange(50, 100, min_open=True), default=99.99,
+                     show_default=True, help="Percentile of |x| kept by -a percentile."),
+        click.option("--compat", type=click.Choice(["tengine"]), default=None,
+                     help="Reproduce Tengine's formulas exactly (symmetric; minmax, kl or aciq)."),
+        click.option("--stats", "stats_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Cache file for the statistics: written after the pass, reused (no inference) when the "
+                          "model, images and preprocessing match."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="quanttool")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """Post-training int8 quantization for ONNX models.
+
+    \b
+    calibrate  images -> statistics -> .scale table
+    convert    fp32 model + table (or images) -> int8 ONNX model
+    evaluate   where the accuracy goes, layer by layer and at the outputs
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _settings(algorithm, scheme, bits, percentile, compat):
+    from .calibrate import Settings, check_settings
+
+    settings = Settings(TENGINE_NUMBERS.get(algorithm, algorithm), scheme, bits, percentile, compat)
+    check_settings(settings)
+    return settings
+
+
+@cli.command()
+@model_option
+@input_options
+@calibration_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Table file to write [default: MODEL_STEM.scale in the current folder].")
+@click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True,
+              help="Activation bit width the clip range is fitted for (2..8).")
+def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_path, **inputs):
+    """Run the images through the model once and write a .scale table (name scale zero_point)."""
+    from .commands import calibrate_table
+
+    settings = _settings(algorithm, scheme, bits, percentile, compat)
+    output = output or Path(model.stem + ".scale")
+    summary = calibrate_table(model, output, settings, stats_path=stats_path, **inputs)
+    click.echo(summary)
+
+
+@cli.command()
+@model_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The int8 ONNX model to write (must differ from --model).")
+@click.option("-f", "--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Existing .scale table; calibration is skipped.")
+@input_options
+@calibration_options
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
+              help="qdq: QuantizeLinear/DequantizeLinear pairs (portable). qoperator: QLinearConv and friends.")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OPTYPE",
+              help="Keep this node (by name) or every node of this op type in fp32. Repeatable.")
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the integer parameters (scales, zero points, M0 and shift per channel) as JSON.")
+def convert(model, output, table, fmt, exclude, params_path, algorithm, scheme, percentile, compat, stats_path,
+            **inputs):
+    """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
+    if table is None and not inputs["images"]:
+        raise UsageError("convert needs a table (-f TABLE.scale) or calibration images (-i DIR)")
+    if table is not None and inputs["images"]:
+        raise UsageError("give either -f TABLE.scale or -i DIR, not both")
+    from .commands import convert_model
+
+    settings = _settings(algorithm, scheme, 8, percentile, compat)
+    click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
+                             stats_path=stats_path, **inputs))
+
+
+@cli.command()
+@model_option
+@click.option("-q", "--quantized", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The int8 ONNX model made by convert.")
+@click.option("-f", "--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate a .scale table without writing a model (converted in memory).")
+@input_options
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Lines `relative/path.png label`: report fp32 and int8 accuracy side by side.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the full report as JSON.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a self-contained HTML report (plots need the 'plot' extra: matplotlib).")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
+              help="With -f: the format of the in-memory int8 model.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
+              help="How many of the worst layers the terminal table shows.")
+def evaluate(model, quantized, table, labels, json_path, report_path, fmt, top, **inputs):
+    """Compare the fp32 model with its int8 version, per layer (ranked) and at the outputs."""
+    if (quantized is None) == (table is None):
+        raise UsageError("evaluate needs exactly one of -q MODEL_int8.onnx or -f TABLE.scale")
+    if not inputs["images"]:
+        raise UsageError("evaluate needs images: -i DIR")
+    from .commands import evaluate_model
+
+    if inputs["max_images"] is None:
+        inputs["max_images"] = 50
+    click.echo(evaluate_model(model, quantized, table, fmt=fmt, labels=labels, json_path=json_path,
+                              report_path=report_path, top=top, **inputs))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv=None) -> None:
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(args=argv, prog_name="quanttool", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("quanttool: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:  # usage errors from click itself: unknown option, bad choice, ...
+        if debug:
+            raise
+        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+        click.echo(f"quanttool: error: {_one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+    except QuantError as exc:
+        if debug:
+            raise
+        click.echo(f"quanttool: error: {_one_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("quanttool: interrupted", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("quanttool: error: out of memory; use --max-images or a smaller --shape", err=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug in quanttool: still one line, with the way to the traceback
+        if debug:
+            raise
+        click.echo(f"quanttool: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                   f"(re-run with --debug for the traceback and please report it)", err=True)
+        sys.exit(1)
+    sys.exit(0)

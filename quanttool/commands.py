@@ -1,0 +1,116 @@
+"""What each command does, start to finish: load -> prepare -> observe -> table -> rewrite -> evaluate.
+
+The CLI only parses options; these functions hold the flow so it reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import prepare as prep
+from .calibrate import Settings, choose_params, collect
+from .errors import QuantError, UsageError
+from .fileio import atomic_open, check_distinct, write_bytes
+from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
+from .observe import activation_names
+from .table import read_table, write_table
+
+
+def parse_shapes(values: Sequence[str]) -> dict[str | None, tuple[int, int, int]]:
+    shapes: dict[str | None, tuple[int, int, int]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        key = name if sep else None
+        if key in shapes:
+            raise UsageError(f"--shape given twice for {'input ' + repr(key) if key else 'the model input'}")
+        shapes[key] = parse_shape(dims)
+    return shapes
+
+
+class Inputs:
+    """The model and images as the options describe them, loaded and checked once."""
+
+    def __init__(self, model: Path, images: Sequence[str], shape: Sequence[str], mean: str, norm: str, color: str,
+                 resize: str, pad_value: float | None, focus: bool, max_images: int | None, threads: int):
+        self.path = Path(model)
+        self.model = prep.load_model(self.path)
+        self.sha = prep.model_hash(self.path)
+        shapes = parse_shapes(shape)
+        self.specs = prep.input_specs(self.model, shapes)
+        first = next(iter(shapes.values()), None)
+        self.pp = Preprocess(shape=first, mean=parse_floats(mean, "--mean"), norm=parse_floats(norm, "--norm"),
+                             color=color, resize=resize, pad_value=pad_value, focus=focus)
+        self.roots = parse_image_dirs(images, [spec.name for spec in self.specs]) if images else None
+        self.max_images = max_images
+        self.threads = threads
+
+    def static(self):
+        """Prepared with the input dims fixed (what calibration and evaluation run)."""
+        return prep.prepare(self.model, self.specs, name=str(self.path))
+
+    def dynamic(self):
+        """Prepared with the model's own dims kept (what convert rewrites, so int8 keeps dynamic dims)."""
+        return prep.prepare(self.model, None, name=str(self.path))
+
+
+def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> tuple[dict, dict]:
+    stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
+                          threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path)
+    params = choose_params(prepared, stats, settings)
+    meta = {"model": inputs.path.name, **meta, "algorithm": settings.algorithm, "scheme": settings.scheme,
+            "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
+    return params, meta
+
+
+def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, **options) -> str:
+    start = time.perf_counter()
+    check_distinct(output, model, stats_path, option="--output")
+    inputs = Inputs(model, **options)
+    if inputs.roots is None:
+        raise UsageError("calibrate needs images: -i DIR")
+    params, meta = _table_params(inputs, inputs.static(), settings, stats_path)
+    write_table(output, params, meta)
+    return (f"wrote {output}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
+            f"{time.perf_counter() - start:.1f} s")
+
+
+def _load_table(path: Path, prepared) -> dict:
+    known = {name for node in prepared.graph.node for name in node.output}
+    known |= {inp.name for inp in prepared.graph.input}
+    return read_table(path, known=known).params
+
+
+def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
+                  exclude: Sequence[str], params_path: Path | None, stats_path=None, **options) -> str:
+    from .rewrite import convert, hardware_params
+
+    check_distinct(output, model, table, stats_path, option="--output")
+    if params_path is not None:
+        check_distinct(params_path, model, table, output, option="--params")
+    inputs = Inputs(model, **options)
+    dynamic = inputs.dynamic()
+    if table is not None:
+        params = _load_table(table, dynamic)
+    else:
+        params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
+    result = convert(dynamic, params, fmt=fmt, exclude=exclude)
+    data = result.model.SerializeToString()
+    write_bytes(output, data)
+    if params_path is not None:
+        with atomic_open(params_path, "w", encoding="utf-8") as handle:
+            json.dump(hardware_params(result, params), handle, indent=1)
+    ops = Counter(op.op_type for op in result.quantized)
+    kept = Counter(f"{op_type} ({reason})" for _, op_type, reason in result.kept_fp32)
+    before = model.stat().st_size
+    text = (f"wrote {output}: {len(result.quantized)} ops quantized ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) + "); "
+            + (f"{len(result.kept_fp32)} kept fp32 (" + ", ".join(f"{k} x{v}" for k, v in sorted(kept.items())) + ")"
+               if kept else "none kept fp32")
+            + f"; size {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB")
+    return text

@@ -1,0 +1,154 @@
+"""rewrite: turn a prepared fp32 ONNX model and an activation table into an int8 ONNX model.
+
+`convert(model, table, fmt="qdq"|"qoperator", exclude=(), bits=8) -> ConvertResult`.
+
+Tensor naming (evaluate relies on it). For every quantized activation X (graph input or node output):
+- `X_scale`, `X_zero_point`: scalar float32 / int8 initializers, the table's entry for X;
+- `X_quantized`: int8 tensor, QuantizeLinear(X) (in qoperator format the int8 output of QLinearConv etc.);
+- `X_dequantized`: float DequantizeLinear(X_quantized), read by every consumer of X.
+  Exception: when X is a graph output, the DequantizeLinear writes X itself (graph outputs keep their names,
+  dtypes and shapes) and there is no `X_dequantized`; the float value before quantization is `X_prequant`.
+Weights, biases and constant operands use the same suffixes on their initializer name (`W_quantized`,
+`W_scale` (per-channel vector), `W_zero_point`, `W_dequantized`), made unique if needed.
+Nodes keep their names; unnamed nodes are named `<op_type>_<k>`, the names reports and --exclude use.
+A Conv/Gemm/MatMul/Add followed by its only consumer Relu or Clip(0, hi) has no Q/DQ in between when the
+Relu/Clip output's zero point is -128 (and scale * 255 <= hi for Clip): its output X is the Relu/Clip output.
+
+Other decisions: opset < 13 is upgraded to 13 (per-channel DequantizeLinear); ConvTranspose with group > 1 gets
+per-tensor weights; Gemm alpha and beta are folded into weight and bias, transA=1 stays fp32; ops without an
+int8 kernel stay float between DequantizeLinear and QuantizeLinear. See plan.py, weights.py, fuse.py.
+
+Running the result: create onnxruntime sessions with `session.qdqisint8allowed=1`. Without it onnxruntime on
+x86 rewrites int8 QDQ activations to uint8 and uses U8S8 kernels that saturate on CPUs without VNNI (AVX2):
+a QDQ conv was seen off by up to 44 LSB. (`session.x64quantprecision=1` is not a substitute: it breaks
+loading of int8 QLinearConv models.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import onnx
+from onnx import helper
+
+from ..errors import QuantError, UsageError
+from .builder import Builder
+from .params import hardware_params
+from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
+from .qdq import emit_qdq
+from .qoperator import emit_qoperator
+
+__all__ = ["ConvertResult", "QuantizedOp", "check_table", "convert", "hardware_params"]
+
+MIN_OPSET = 13
+FORMATS = ("qdq", "qoperator")
+
+
+@dataclass
+class ConvertResult:
+    model: onnx.ModelProto
+    quantized: list[QuantizedOp]
+    kept_fp32: list[tuple[str, str, str]]  # (node name, op_type, reason)
+    fmt: str = "qdq"
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    return 0
+
+
+def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of `model` at opset >= 13 (per-channel DequantizeLinear needs 13); ir_version kept (at least 7)."""
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
+    try:
+        out = onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise QuantError(f"model is at opset {opset} and converting it to opset {MIN_OPSET} (needed for per-channel "
+                         f"int8) failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                         f"re-export the model at opset >= {MIN_OPSET}") from None
+    out.ir_version = max(model.ir_version, 7)  # opset 13 needs IR 7
+    return out
+
+
+def check_table(model: onnx.ModelProto, table: dict) -> None:
+    """QuantError naming the tensor when the table does not fit the model (foreign names, missing entries)."""
+    validate_table(model, table, make_plan(model, table))
+
+
+def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: Sequence[str] = (),
+            bits: int = 8) -> ConvertResult:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: unknown format; use one of {', '.join(FORMATS)}")
+    if not 2 <= bits <= 8:
+        raise UsageError(f"--bits {bits}: int8 storage holds 2 to 8 bits; choose a value in that range")
+    model = upgrade_opset(model)
+    plan = make_plan(model, table, exclude, bits)
+    validate_table(model, table, plan)  # checked on the upgraded graph, the one that gets rewritten
+
+    b = Builder(plan, table, bits, all_tensor_names(plan.graph), set(plan.names))
+    qset = set(plan.qtensors)
+    opset = default_opset(model)
+    for x in plan.qtensors:
+        if x in plan.graph_inputs:
+            b.quantize(x)
+            b.dequantize(x)
+    quantized, as_qlinear = [], set()
+    for i in range(len(plan.graph.node)):
+        if i in plan.absorbed and plan.absorbed[i] in as_qlinear:
+            continue  # the QLinear op's output clamp already is the Relu/Clip
+        op = emit_qoperator(b, i, opset) if fmt == "qoperator" else None
+        if op is not None:
+            as_qlinear.add(i)
+        else:
+            op = emit_qdq(b, i, qset)
+        if op is not None:
+            quantized.append(op)
+
+    graph = plan.graph
+    del graph.node[:]
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.inits)
+    _drop_unused(graph)
+    for domain in sorted(b.domains):
+        if not any(o.domain == domain for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(domain, 1))
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise QuantError(f"internal error: the int8 model fails the ONNX checker: {str(exc).splitlines()[0]}; "
+                         f"report this, and --exclude the node it names to work around it") from None
+    return ConvertResult(model, quantized, plan.kept, fmt)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove initializers (and their graph-input entries), Constant nodes and value_info no node reads."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:  # subgraphs may read outer-scope names
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for n in sub.node:
+                    used.update(n.input)
+    keep_nodes = [n for n in graph.node if n.op_type != "Constant" or any(o in used for o in n.output)]
+    if len(keep_nodes) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep_nodes)
+    dropped = {t.name for t in graph.initializer if t.name not in used}
+    if dropped:
+        keep = [t for t in graph.initializer if t.name not in dropped]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        inputs = [i for i in graph.input if i.name not in dropped]
+        del graph.input[:]
+        graph.input.extend(inputs)
+    produced = {o for n in graph.node for o in n.output}
+    infos = [v for v in graph.value_info if v.name in produced]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)

@@ -1,0 +1,153 @@
+"""Emit new nodes and initializers under the tensor naming convention (see the package docstring).
+
+For an activation X: X_scale, X_zero_point (scalar initializers), X_quantized (int8), X_dequantized (float;
+X itself when X is a graph output), and X_prequant for the float value a graph output X had before Q/DQ.
+Weights and biases use the same suffixes on the initializer's name (made unique if one initializer is
+quantized two different ways).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import QuantError
+from ..qparams import QParam
+from .plan import Group, Plan
+from .weights import bias_scale, constant_qparam, quantize_bias, quantize_weight
+
+
+@dataclass
+class WeightQ:
+    q: str  # int8 initializer
+    scale: str
+    zero_point: str
+    dequantized: str
+    scales: np.ndarray  # float32, [C] or []
+    axis: int | None
+    emitted: bool = False  # whether the DequantizeLinear producing `dequantized` exists yet
+
+
+@dataclass
+class Builder:
+    plan: Plan
+    table: dict
+    bits: int
+    taken: set[str]  # tensor names in use
+    node_names: set[str]  # node names in use (original nodes keep theirs)
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    made: set[str] = field(default_factory=set)  # activation qparams already emitted
+    weights: dict[tuple, WeightQ] = field(default_factory=dict)
+    domains: set[str] = field(default_factory=set)
+
+    # --- names -------------------------------------------------------------------------------------------
+    def claim(self, name: str) -> str:
+        """A convention-fixed name; it must not already exist in the model."""
+        if name in self.taken:
+            raise QuantError(f"tensor '{name}' already exists in the model, so the int8 naming convention cannot be "
+                             f"applied; rename it (was this model already quantized?)")
+        self.taken.add(name)
+        return name
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def is_output(self, x: str) -> bool:
+        return x in self.plan.graph_outputs and x not in self.plan.graph_inputs
+
+    def deq(self, x: str) -> str:
+        """Name the float consumers of a quantized activation read."""
+        return x if self.is_output(x) else f"{x}_dequantized"
+
+    def src(self, x: str) -> str:
+        """Name of the float value before quantization (graph outputs get renamed, their name goes to the DQ)."""
+        return f"{x}_prequant" if self.is_output(x) else x
+
+    def qp(self, x: str) -> QParam:
+        qp = self.table[x]
+        return qp if isinstance(qp, QParam) else QParam(*qp)
+
+    # --- emission ----------------------------------------------------------------------------------------
+    def add_init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def add_node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", *,
+                 keep_name: bool = False, **attrs):
+        """Append a node; `keep_name` for the replacement of an original node, else a fresh unique name."""
+        if not keep_name:
+            base, k = name, 1
+            while name in self.node_names:
+                name, k = f"{base}_{k}", k + 1
+            self.node_names.add(name)
+        node = helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs)
+        if domain:
+            self.domains.add(domain)
+        self.nodes.append(node)
+        return node
+
+    def act_qparams(self, x: str) -> tuple[str, str]:
+        scale, zp = f"{x}_scale", f"{x}_zero_point"
+        if x not in self.made:
+            qp = self.qp(x)
+            self.add_init(self.claim(scale), np.array(qp.scale, dtype=np.float32))
+            self.add_init(self.claim(zp), np.array(int(qp.zero_point), dtype=np.int8))
+            self.made.add(x)
+        return scale, zp
+
+    def quantize(self, x: str) -> None:
+        scale, zp = self.act_qparams(x)
+        self.add_node("QuantizeLinear", [self.src(x), scale, zp], [self.claim(f"{x}_quantized")], f"{x}_QuantizeLinear")
+
+    def dequantize(self, x: str) -> None:
+        scale, zp = self.act_qparams(x)
+        out = self.deq(x) if self.is_output(x) else self.claim(self.deq(x))
+        self.add_node("DequantizeLinear", [f"{x}_quantized", scale, zp], [out], f"{x}_DequantizeLinear")
+
+    def weight(self, group: Group) -> WeightQ:
+        key = (group.weight, group.weight_axis, group.weight_array.tobytes())
+        if key not in self.weights:
+            q, scales = quantize_weight(group.weight_array, group.weight_axis, self.bits)
+            self.weights[key] = self._const_q(group.weight, q, scales, group.weight_axis)
+        return self.weights[key]
+
+    def constant(self, name: str) -> WeightQ:
+        """Per-tensor int8 for a constant operand of Add/Mul/Concat."""
+        key = (name, "const")
+        if key not in self.weights:
+            value = self.plan.constants[name]
+            qp = constant_qparam(value, self.bits)
+            qmax = 2 ** (self.bits - 1) - 1
+            q = np.clip(np.round(value.astype(np.float64) / np.float32(qp.scale)), -qmax, qmax).astype(np.int8)
+            self.weights[key] = self._const_q(name, q, np.array(qp.scale, dtype=np.float32), None)
+        return self.weights[key]
+
+    def bias(self, group: Group, s_in: float, w_scales: np.ndarray) -> tuple[WeightQ, np.ndarray]:
+        channels = group.bias_array.size
+        scale = bias_scale(s_in, np.broadcast_to(w_scales, (channels,)))
+        q = quantize_bias(group.bias_array, scale, group.name)
+        return self._const_q(group.bias, q, scale, 0, zp_dtype=np.int32), q
+
+    def _const_q(self, base: str, q: np.ndarray, scales: np.ndarray, axis: int | None, zp_dtype=np.int8) -> WeightQ:
+        names = [self.unique(f"{base}_{suffix}") for suffix in ("quantized", "scale", "zero_point", "dequantized")]
+        self.add_init(names[0], q)
+        self.add_init(names[1], scales)
+        self.add_init(names[2], np.zeros(scales.shape, dtype=zp_dtype))
+        return WeightQ(*names, scales, axis if scales.ndim == 1 else None)
+
+    def dequantized(self, wq: WeightQ) -> str:
+        """Float view of a quantized constant, emitting its DequantizeLinear on first use (QDQ form only)."""
+        if not wq.emitted:
+            attrs = {"axis": wq.axis} if wq.axis is not None else {}
+            self.add_node("DequantizeLinear", [wq.q, wq.scale, wq.zero_point], [wq.dequantized],
+                          f"{wq.dequantized}_DequantizeLinear", **attrs)
+            wq.emitted = True
+        return wq.dequantized

@@ -1,0 +1,331 @@
+"""Decide what the int8 model quantizes: which nodes run int8, which activation tensors get Q/DQ, which
+Relu/Clip are absorbed, and which nodes stay fp32 and why. Also checks the activation table against the model.
+
+Nothing here edits the graph; `qdq.py` and `qoperator.py` write what the plan says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import QuantError, warn
+from ..qparams import QParam
+from .fuse import FUSABLE_PRODUCERS, absorbable
+
+# Ops with int8 kernels in onnxruntime: their float inputs and outputs are always quantized.
+# Value: indices of the activation inputs (None = every input).
+COMPUTE = {
+    "Conv": (0,), "ConvTranspose": (0,), "Gemm": (0,), "MatMul": (0, 1), "Add": (0, 1), "Mul": (0, 1),
+    "Concat": None, "AveragePool": (0,), "GlobalAveragePool": (0,), "MaxPool": (0,), "GlobalMaxPool": (0,),
+    "Resize": (0,), "Sigmoid": (0,), "HardSigmoid": (0,), "LeakyRelu": (0,), "Softmax": (0,),
+}
+# Data-movement ops (and lone Relu/Clip): quantized only when their data input already is, so int8 flows through.
+PASS_THROUGH = {
+    "Reshape": (0,), "Flatten": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Slice": (0,),
+    "Gather": (0,), "Split": (0,), "Pad": (0,), "DepthToSpace": (0,), "SpaceToDepth": (0,), "Expand": (0,),
+    "Tile": (0,), "Relu": (0,), "Clip": (0,),
+}
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# Ops whose constant operands are quantized per-tensor (they have no table entry).
+CONST_OPERAND_OPS = {"Add", "Mul", "Concat"}
+
+
+@dataclass
+class Group:
+    """One quantized node (plus an absorbed Relu/Clip)."""
+
+    index: int
+    name: str
+    op_type: str
+    kind: str  # "compute" or "pass"
+    act_inputs: list[str]
+    outputs: list[str]  # quantized float outputs; after fusion the Relu/Clip output
+    weight: str | None = None
+    weight_array: np.ndarray | None = None  # after folding Gemm alpha
+    weight_axis: int | None = None  # None = per-tensor
+    bias: str | None = None
+    bias_array: np.ndarray | None = None  # per output channel, after folding Gemm beta
+    const_inputs: list[str] = field(default_factory=list)
+    act: int | None = None  # node index of the absorbed Relu/Clip
+    attrs: dict = field(default_factory=dict)  # attribute overrides (Gemm alpha/beta after folding)
+
+
+@dataclass
+class Plan:
+    graph: onnx.GraphProto
+    names: list[str]  # node names, unnamed nodes given unique ones
+    constants: dict[str, np.ndarray]
+    graph_inputs: set[str]
+    graph_outputs: set[str]
+    groups: dict[int, Group]
+    absorbed: dict[int, int]  # Relu/Clip node index -> index of the group that absorbs it
+    qtensors: list[str]  # quantized activation tensors, in graph order
+    kept: list[tuple[str, str, str]]
+
+
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """Existing names, and `<op_type>_<k>` for nodes without one (unique within the graph)."""
+    taken = {n.name for n in graph.node if n.name}
+    names, counter = [], 0
+    for node in graph.node:
+        if node.name and node.name not in names:
+            names.append(node.name)
+            continue
+        while True:
+            candidate = f"{node.op_type}_{counter}"
+            counter += 1
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def float_tensors(model: onnx.ModelProto, table: dict) -> set[str]:
+    """Names of float activations (graph inputs and node outputs; initializers excluded)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # shape inference can fail on custom ops; fall back on declared types and the table
+        inferred = model
+    g = inferred.graph
+    dtypes = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type"):
+            dtypes[vi.name] = vi.type.tensor_type.elem_type
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    names += [o for n in model.graph.node for o in n.output if o]
+    return {n for n in names if dtypes.get(n, 0) == TensorProto.FLOAT or (dtypes.get(n, 0) == 0 and n in table)}
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _weight_setup(node, constants, floats, group: Group) -> str | None:
+    """Fill weight/bias fields of a Conv/ConvTranspose/Gemm/MatMul group; return a reason to keep fp32, or None."""
+    op, attrs = node.op_type, _attrs(node)
+    w_name = node.input[1] if len(node.input) > 1 else ""
+    if op == "MatMul" and w_name in floats:
+        group.act_inputs = [node.input[0], w_name]  # two activations, both per-tensor from the table
+        return None
+    w = constants.get(w_name)
+    if w is None:
+        return "weight is not a constant initializer"
+    if w.dtype != np.float32:
+        return f"weight '{w_name}' is {w.dtype}, not float32"
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    bias = constants.get(bias_name) if bias_name else None
+    if bias_name and bias is None:
+        return "bias is not a constant initializer"
+    if op == "Conv":
+        axis, channels = 0, w.shape[0]
+    elif op == "ConvTranspose":
+        group_count = int(attrs.get("group", 1))
+        # per-channel along axis 1 cannot express per-group output channels: per-tensor for grouped deconv
+        axis = 1 if group_count == 1 else None
+        channels = w.shape[1] * group_count
+    elif op == "Gemm":
+        if attrs.get("transA", 0):
+            return "Gemm with transA=1 (no int8 kernel; transpose A before the Gemm)"
+        if w.ndim != 2:
+            return "Gemm weight is not 2-D"
+        axis = 0 if attrs.get("transB", 0) else 1
+        channels = w.shape[axis]
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        w = (w * np.float32(alpha)).astype(np.float32)  # fold alpha into the weight: alpha*A*B = A*(alpha*B)
+        if bias is not None:
+            if bias.size not in (1, channels) or (bias.ndim == 2 and bias.shape[0] != 1):
+                return "Gemm bias C is not per output column (shape [N], [1,N] or scalar)"
+            bias = np.broadcast_to(bias.reshape(-1) * beta, (channels,)).astype(np.float32)
+        group.attrs = {"alpha": 1.0, "beta": 1.0}
+    else:  # MatMul with a constant weight [.., K, N]
+        axis = 1 if w.ndim == 2 else None
+        channels = w.shape[-1]
+    if bias is not None and op != "Gemm":
+        if bias.size != channels:
+            return f"bias has {bias.size} values for {channels} output channels"
+        bias = bias.reshape(-1).astype(np.float32)
+    group.weight, group.weight_array, group.weight_axis = w_name, w, axis
+    group.bias, group.bias_array = bias_name, bias
+    return None
+
+
+def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) -> Plan:
+    graph = model.graph
+    names = node_names(graph)
+    constants = constant_values(graph)
+    inits = {t.name for t in graph.initializer}
+    floats = float_tensors(model, table)
+    graph_inputs = {i.name for i in graph.input if i.name not in inits}
+    graph_outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    excluded_set = set(exclude)
+    matched = {e for e in excluded_set if e in names or any(n.op_type == e for n in graph.node)}
+    for e in sorted(excluded_set - matched):
+        warn(f"--exclude {e}: no node or op type of this name in the model; ignored")
+
+    def excluded(i: int) -> bool:
+        return names[i] in excluded_set or graph.node[i].op_type in excluded_set
+
+    groups: dict[int, Group] = {}
+    reasons: dict[int, str] = {}
+    for i, node in enumerate(graph.node):
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") or op not in COMPUTE:
+            continue
+        if excluded(i):
+            reasons[i] = "excluded"
+            continue
+        if not node.output or node.output[0] not in floats:
+            continue  # integer arithmetic (shape computations) is not quantized
+        indices = COMPUTE[op] if COMPUTE[op] is not None else range(len(node.input))
+        group = Group(i, names[i], op, "compute", [], [o for o in node.output if o in floats])
+        if op in WEIGHT_OPS:
+            group.act_inputs = [node.input[0]]
+            reason = _weight_setup(node, constants, floats, group)
+        else:
+            reason = None
+            for k in indices:
+                name = node.input[k] if k < len(node.input) else ""
+                if not name:
+                    continue
+                if name in floats:
+                    group.act_inputs.append(name)
+                elif op in CONST_OPERAND_OPS and name in constants and constants[name].dtype == np.float32:
+                    group.const_inputs.append(name)
+                else:
+                    reason = f"input '{name}' is neither a float activation nor a float constant"
+        if reason is None and not group.act_inputs:
+            reason = "no activation input (constant subgraph; fold it in prepare)"
+        if reason is not None:
+            reasons[i] = reason
+            continue
+        groups[i] = group
+
+    absorbed: dict[int, int] = {}
+    for i, group in groups.items():
+        out = graph.node[i].output[0]
+        users = consumers.get(out, [])
+        if group.op_type not in FUSABLE_PRODUCERS or len(users) != 1 or out in graph_outputs:
+            continue
+        j = users[0]
+        act = graph.node[j]
+        if act.op_type not in ("Relu", "Clip") or excluded(j) or act.output[0] not in floats:
+            continue
+        if absorbable(act, _qparam(table, act.output[0]), constants):
+            group.act, group.outputs = j, [act.output[0]]
+            absorbed[j] = i
+
+    qset: set[str] = set()
+    for group in groups.values():
+        qset.update(group.act_inputs)
+        qset.update(group.outputs)
+    for i, node in enumerate(graph.node):  # topological order, so one pass reaches the fixpoint
+        if i in groups or i in absorbed or node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx"):
+            continue
+        data = node.input[0] if node.input else ""
+        outs = [o for o in node.output if o in floats]
+        if data not in qset or not outs:
+            continue
+        if excluded(i):
+            reasons[i] = "excluded"
+            continue
+        groups[i] = Group(i, names[i], node.op_type, "pass", [data], outs)
+        qset.update(outs)
+
+    # graph order: graph inputs, then node outputs as produced
+    order = [i.name for i in graph.input if i.name in graph_inputs] + [o for n in graph.node for o in n.output]
+    seen: set[str] = set()
+    qtensors = [t for t in order if t in qset and not (t in seen or seen.add(t))]
+
+    kept = []
+    for i, node in enumerate(graph.node):
+        if i in groups or i in absorbed or node.op_type == "Constant":
+            continue
+        if not any(o in floats for o in node.output):
+            continue
+        reason = reasons.get(i) or (
+            "input is not quantized" if node.op_type in PASS_THROUGH else f"no int8 kernel for {node.op_type}"
+        )
+        kept.append((names[i], node.op_type, reason))
+    return Plan(graph, names, constants, graph_inputs, graph_outputs, dict(sorted(groups.items())), absorbed,
+                qtensors, kept)
+
+
+def _qparam(table: dict, name: str) -> QParam | None:
+    qp = table.get(name)
+    return qp if isinstance(qp, QParam) or qp is None else QParam(*qp)
+
+
+def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def validate_table(model: onnx.ModelProto, table: dict, plan: Plan) -> None:
+    """QuantError naming the first table entry that does not belong to this model, or the first needed tensor
+    without a usable entry."""
+    known = all_tensor_names(model.graph)
+    model_name = model.graph.name or "(unnamed graph)"
+    for name in table:
+        if name not in known:
+            raise QuantError(f"'{name}' is not a tensor of model {model_name}; the table was made for another model")
+    for name in plan.qtensors:
+        qp = _qparam(table, name)
+        if qp is None:
+            raise QuantError(f"tensor '{name}' has no entry in the table; re-run calibrate for this model")
+        if not (np.isfinite(qp.scale) and qp.scale > 0):
+            raise QuantError(f"tensor '{name}': table scale {qp.scale} is not positive; re-run calibrate")
+        if int(qp.zero_point) != qp.zero_point or not -128 <= int(qp.zero_point) <= 127:
+            raise QuantError(f"tensor '{name}': table zero point {qp.zero_point} is not an int8 value; "
+                             f"re-run calibrate")
+
+
+@dataclass
+class QuantizedOp:
+    """One quantized node, for reports and --params."""
+
+    node: str
+    op_type: str
+    inputs: list[str]  # activation input tensor names (original names)
+    output: str  # activation output whose qparams apply (after Relu/Clip absorption: the Relu/Clip output)
+    weight_scales: list[float] | None = None  # per output channel (one value when per-tensor)
+    weight: str | None = None  # weight initializer name
+    weight_axis: int | None = None  # per-channel axis of the stored weight; None = per-tensor
+    bias: list[int] | None = None  # int32 bias, scale input_scale * weight_scales[c]
+    fused: str | None = None  # op type of the absorbed Relu/Clip
+    constants: dict[str, tuple[float, int]] = field(default_factory=dict)  # constant operands: (scale, zp)
+    outputs: list[str] = field(default_factory=list)  # every quantized output (Split has several)
+    form: str = "qdq"  # "qdq", or the op run on int8 in qoperator format (e.g. "QLinearConv")
+
+
+def record(plan: Plan, group: Group, form: str, weight_scales=None, bias_q=None, constants=None) -> QuantizedOp:
+    act = plan.graph.node[group.act].op_type if group.act is not None else None
+    return QuantizedOp(
+        node=group.name, op_type=group.op_type, inputs=list(group.act_inputs), output=group.outputs[0],
+        weight_scales=None if weight_scales is None else [float(s) for s in np.atleast_1d(weight_scales)],
+        weight=group.weight, weight_axis=group.weight_axis,
+        bias=None if bias_q is None else [int(v) for v in bias_q], fused=act, constants=dict(constants or {}),
+        outputs=list(group.outputs), form=form,
+    )

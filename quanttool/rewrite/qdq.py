@@ -1,0 +1,61 @@
+"""QDQ form of one node: float op reading DequantizeLinear outputs, its quantized outputs followed by
+QuantizeLinear -> DequantizeLinear. onnxruntime's QDQ optimizer turns DQ -> op -> Q groups into int8 kernels;
+ops it cannot fuse still run correctly in float. Also used for nodes that stay fp32 (they read X_dequantized)
+and as the fallback of the qoperator format.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from .builder import Builder
+from .plan import QuantizedOp, record
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for k, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[k]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
+    plan = b.plan
+    node = plan.graph.node[i]
+    group = plan.groups.get(i)
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.name = plan.names[i]
+    inputs = list(node.input)
+    w_scales = bias_q = None
+    consts = {}
+    if group is not None and group.weight_array is not None:
+        wq = b.weight(group)
+        inputs[1] = b.dequantized(wq)
+        w_scales = wq.scales
+        if group.bias_array is not None:
+            bq, bias_q = b.bias(group, b.qp(group.act_inputs[0]).scale, wq.scales)
+            inputs[2] = b.dequantized(bq)
+        for name, value in group.attrs.items():
+            _set_attr(new, name, value)
+    if group is not None:
+        for name in group.const_inputs:
+            cq = b.constant(name)
+            consts[name] = (float(cq.scales), 0)
+            inputs = [b.dequantized(cq) if x == name else x for x in inputs]
+    inputs = [b.deq(x) if x in qset else x for x in inputs]
+    del new.input[:]
+    new.input.extend(inputs)
+    outputs = [b.src(x) if x in qset else x for x in node.output]
+    del new.output[:]
+    new.output.extend(outputs)
+    b.nodes.append(new)
+    for x in node.output:
+        if x in qset:
+            b.quantize(x)
+            b.dequantize(x)
+    if group is None:
+        return None
+    return record(plan, group, "qdq", w_scales, bias_q, consts)

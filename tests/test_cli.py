@@ -1,0 +1,49 @@
+"""The command line: help, version, and one-line errors with the right exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from quanttool import __version__
+
+
+def quanttool(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "quanttool", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_version():
+    result = quanttool("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+@pytest.mark.parametrize("command, options", [
+    ("calibrate", ["--model", "--images", "--shape", "--mean", "--norm", "--color", "--resize", "--pad-value",
+                   "--focus", "--max-images", "--threads", "--algorithm", "--scheme", "--percentile", "--compat",
+                   "--stats", "--output", "--bits"]),
+    ("convert", ["--model", "--output", "--table", "--images", "--algorithm", "--format", "--exclude", "--params",
+                 "--scheme"]),
+    ("evaluate", ["--model", "--quantized", "--table", "--images", "--labels", "--json", "--report",
+                  "--max-images"]),
+])
+def test_help_documents_every_option(command, options):
+    result = quanttool(command, "--help")
+    assert result.returncode == 0
+    for option in options:
+        assert option in result.stdout, option
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["calibrate", "-m", "x.onnx", "--bogus"], "--bogus"),
+    (["calibrate", "-m", "x.onnx", "-a", "magic"], "magic"),
+    (["calibrate", "-m", "x.onnx", "--bits", "9"], "--bits"),
+    (["convert", "-m", "x.onnx", "-o", "y.onnx"], "-f TABLE.scale"),
+    (["evaluate", "-m", "x.onnx", "-i", "d"], "-q"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_usage_errors_are_one_line_exit_2(args, needle):
+    result = quanttool(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
