@@ -132,9 +132,12 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
               help="qdq: QuantizeLinear/DequantizeLinear pairs (portable). qoperator: QLinearConv and friends.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OPTYPE",
               help="Keep this node (by name) or every node of this op type in fp32. Repeatable.")
+@click.option("--reduce-range", is_flag=True,
+              help="7-bit weights ([-63, 63]) so onnxruntime's default x86 kernels cannot saturate on CPUs without "
+                   "VNNI (see README, 'Running the int8 model').")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the integer parameters (scales, zero points, M0 and shift per channel) as JSON.")
-def convert(model, output, table, fmt, exclude, params_path, algorithm, scheme, percentile, compat, stats_path,
+def convert(model, output, table, fmt, exclude, reduce_range, params_path, algorithm, scheme, percentile, compat, stats_path,
             **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     if table is None and not inputs["images"]:
@@ -145,7 +148,7 @@ def convert(model, output, table, fmt, exclude, params_path, algorithm, scheme, 
 
     settings = _settings(algorithm, scheme, 8, percentile, compat)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
-                             stats_path=stats_path, **inputs))
+                             weight_bits=7 if reduce_range else 8, stats_path=stats_path, **inputs))
 
 
 @cli.command()

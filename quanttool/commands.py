@@ -87,7 +87,8 @@ def _load_table(path: Path, prepared) -> dict:
 
 
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
-                  exclude: Sequence[str], params_path: Path | None, stats_path=None, **options) -> str:
+                  exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8, stats_path=None,
+                  **options) -> str:
     from .rewrite import convert, hardware_params
 
     check_distinct(output, model, table, stats_path, option="--output")
@@ -99,7 +100,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
         params = _load_table(table, dynamic)
     else:
         params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
-    result = convert(dynamic, params, fmt=fmt, exclude=exclude)
+    result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:

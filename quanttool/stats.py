@@ -1,0 +1,254 @@
+"""Streaming per-tensor statistics: bounded memory, exact, and independent of image order and batching.
+
+One `TensorStats` per activation tensor holds the count, min/max, float64 moments (sum, sum of squares, sum of
+|x|), the number of exact zeros, and two 2048-bin histograms of |x| (one per sign) over (0, R], where R is a
+power of two that doubles whenever a larger value arrives.
+
+Why the histogram is exact for any order: a value x > 0 goes to bin floor(x / R * BINS). BINS / R is a power
+of two, so x * BINS / R is computed without rounding, and doubling R halves the bin index:
+floor(x / (2R) * BINS) == floor(floor(x / R * BINS) / 2). Merging adjacent bin pairs on every doubling
+therefore gives exactly the histogram a single pass with the final R would give, whatever the order of the
+images and however they are split into batches. Negative values are binned the same way on -x.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import QuantError
+from .fileio import atomic_open
+
+BINS = 2048  # per sign; a power of two (see the module docstring)
+
+# Values are processed in chunks that fit in the CPU cache: every temporary stays small and hot.
+_CHUNK = 1 << 17
+_FORMAT = "quanttool-stats-1"
+_SCALARS = ("count", "numel", "samples", "zeros", "min", "max", "sum", "sumsq", "sumabs", "range")
+
+
+def _power_of_two_at_least(value: float) -> float:
+    """Smallest 2**k (k may be negative) that is >= value > 0; exact, via frexp rather than log2 rounding."""
+    mantissa, exponent = math.frexp(value)  # value = mantissa * 2**exponent, mantissa in [0.5, 1)
+    return math.ldexp(1.0, exponent - 1) if mantissa == 0.5 else math.ldexp(1.0, exponent)
+
+
+def _halve_bins(hist: np.ndarray) -> np.ndarray:
+    """The histogram for twice the range: new[i] = old[2i] + old[2i+1] in the lower half, zeros above."""
+    out = np.zeros_like(hist)
+    out[: hist.size // 2] = hist.reshape(-1, 2).sum(axis=1)
+    return out
+
+
+def _bins_at(hist: np.ndarray, rng: float, target: float) -> np.ndarray:
+    """`hist` over (0, rng] re-expressed over (0, target], target = rng * 2**k with k >= 0."""
+    while rng < target:
+        hist = _halve_bins(hist)
+        rng *= 2.0
+    return hist
+
+
+@dataclass
+class TensorStats:
+    count: int = 0          # elements seen
+    numel: int = 0          # elements per sample (first update: x.size / batch); Tengine's ACIQ uses it
+    samples: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    sum: float = 0.0        # sum, sumsq and sumabs accumulate in float64
+    sumsq: float = 0.0
+    sumabs: float = 0.0
+    zeros: int = 0          # exact zeros, counted apart from the histograms (ReLU outputs are full of them)
+    range: float = 0.0      # R: a power of two, 0 until a non-zero value is seen
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # x > 0 over (0, R]
+    neg: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # -x for x < 0, over (0, R]
+
+    # ---- derived values -------------------------------------------------------------------------------
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else 0.0
+
+    @property
+    def std(self) -> float:
+        if not self.count:
+            return 0.0
+        mean = self.sum / self.count
+        return math.sqrt(max(self.sumsq / self.count - mean * mean, 0.0))
+
+    @property
+    def mean_abs(self) -> float:
+        return self.sumabs / self.count if self.count else 0.0
+
+    @property
+    def is_nonnegative(self) -> bool:
+        return self.min >= 0
+
+    @property
+    def is_constant(self) -> bool:
+        return self.min == self.max
+
+    def abs_hist(self) -> tuple[np.ndarray, float]:
+        """Histogram of |x| without the exact zeros: (counts over BINS bins of (0, R], R)."""
+        return self.pos + self.neg, self.range
+
+    # ---- accumulation ---------------------------------------------------------------------------------
+    def _grow(self, target: float) -> None:
+        """Double R until it reaches `target`, merging bin pairs so the histograms stay exact."""
+        if self.range == 0.0:
+            self.range = target
+            return
+        while self.range < target:
+            self.pos = _halve_bins(self.pos)
+            self.neg = _halve_bins(self.neg)
+            self.range *= 2.0
+
+    def update(self, x: np.ndarray, batch: int = 1) -> None:
+        """Fold one tensor (a batch of `batch` samples) into the statistics.
+
+        Raises ValueError("contains NaN or Inf"); the caller names the tensor and the image.
+        """
+        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if self.samples == 0:
+            self.numel = flat.size // max(int(batch), 1)
+        self.samples += int(batch)
+        if flat.size == 0:
+            return
+        lo, hi = float(flat.min()), float(flat.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # min/max propagate NaN, so this catches it too
+            raise ValueError("contains NaN or Inf")
+        absmax = max(-lo, hi)
+        if absmax > 0.0:
+            self._grow(_power_of_two_at_least(max(absmax, self.range)))
+
+        add, f64 = np.add.reduce, np.float64
+        scale = BINS / self.range if self.range else 0.0
+        # BINS / R is a power of two; in float32 it stays exact unless R is tiny, where float64 takes over.
+        work = np.float32 if 0.0 < scale < 2.0**120 else np.float64
+        scale = work(scale)
+        signed = lo < 0.0
+        hist = np.zeros(2 * BINS + 1, np.int64)
+        total = plus = sq = absolute = 0.0
+        negatives = zeros = 0
+        for start in range(0, flat.size, _CHUNK):
+            part = flat[start:start + _CHUNK]
+            plus = add(part, dtype=f64)
+            sq += add(np.square(part), dtype=f64)  # squares rounded to float32, summed in float64
+            total += plus
+            if signed:
+                absolute += add(np.abs(part), dtype=f64)
+                negatives += int(np.count_nonzero(part < 0))
+            else:
+                absolute += plus
+            zeros += int(np.count_nonzero(part == 0))
+            if absmax > 0.0:
+                # trunc(x * BINS / R) is floor(|x| * BINS / R) with the sign of x: bin k of pos lands at
+                # BINS + k, bin k of neg at BINS - k; the shared slot BINS (bin 0 of both, and the zeros) is
+                # split below from the counts of negatives and zeros.
+                index = np.multiply(part, scale, dtype=work).astype(np.int32)
+                index += BINS
+                hist += np.bincount(index, minlength=2 * BINS + 1)
+        # |x| == R lands on bin BINS; it belongs to the top bin BINS - 1.
+        pos = hist[BINS:].copy()
+        pos[BINS - 1] += pos[BINS]
+        neg = hist[BINS::-1].copy()
+        neg[BINS - 1] += neg[BINS]
+        neg_zero = negatives - int(neg[1:BINS].sum())
+        pos[0] -= neg_zero + zeros
+        neg[0] = neg_zero
+        if absmax > 0.0:
+            self.pos += pos[:BINS]
+            self.neg += neg[:BINS]
+
+        self.count += flat.size
+        self.zeros += zeros
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.sum += float(total)
+        self.sumsq += float(sq)
+        self.sumabs += float(absolute)
+
+    def merge(self, other: TensorStats) -> None:
+        """Add the statistics of `other` (e.g. from another worker) into these."""
+        if other.count == 0 and other.samples == 0:
+            return
+        if self.samples == 0:
+            self.numel = other.numel
+        if other.range:
+            self._grow(max(other.range, self.range))
+            self.pos += _bins_at(other.pos, other.range, self.range)
+            self.neg += _bins_at(other.neg, other.range, self.range)
+        self.count += other.count
+        self.samples += other.samples
+        self.zeros += other.zeros
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+        self.sumabs += other.sumabs
+
+
+# ---- files ----------------------------------------------------------------------------------------------
+def _pack_strings(items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes and end offsets: any character survives, NUL included (numpy 'U' arrays strip it)."""
+    encoded = [s.encode("utf-8") for s in items]
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+    return data, ends
+
+
+def _unpack_strings(data: np.ndarray, ends: np.ndarray) -> list[str]:
+    raw = data.astype(np.uint8).tobytes()
+    starts = np.concatenate([[0], ends[:-1]]) if ends.size else ends
+    return [raw[int(a):int(b)].decode("utf-8") for a, b in zip(starts, ends)]
+
+
+def save_stats(path: str | os.PathLike, stats: dict[str, TensorStats], meta: dict[str, str]) -> None:
+    """Write statistics and string metadata to one .npz file, atomically."""
+    names = list(stats)
+    items = [stats[n] for n in names]
+    arrays = {
+        "format": np.array(_FORMAT),
+        "bins": np.array(BINS, np.int64),
+        "pos": np.array([s.pos for s in items], np.int64).reshape(len(items), BINS),
+        "neg": np.array([s.neg for s in items], np.int64).reshape(len(items), BINS),
+    }
+    for key in _SCALARS:
+        dtype = np.int64 if key in ("count", "numel", "samples", "zeros") else np.float64
+        arrays[key] = np.array([getattr(s, key) for s in items], dtype)
+    arrays["names"], arrays["name_ends"] = _pack_strings(names)
+    arrays["meta_keys"], arrays["meta_key_ends"] = _pack_strings(list(meta))
+    arrays["meta_values"], arrays["meta_value_ends"] = _pack_strings([str(v) for v in meta.values()])
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[str, str]]:
+    """Read a file written by `save_stats`; anything else is a QuantError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["format"]) != _FORMAT or int(data["bins"]) != BINS:
+                raise ValueError(f"format {str(data['format'])!r} with {int(data['bins'])} bins")
+            names = _unpack_strings(data["names"], data["name_ends"])
+            keys = _unpack_strings(data["meta_keys"], data["meta_key_ends"])
+            values = _unpack_strings(data["meta_values"], data["meta_value_ends"])
+            columns = {key: data[key] for key in _SCALARS}
+            pos, neg = data["pos"], data["neg"]
+            if pos.shape != (len(names), BINS) or neg.shape != pos.shape:
+                raise ValueError("histogram shape does not match the tensor names")
+            stats = {}
+            for i, name in enumerate(names):
+                item = TensorStats(pos=pos[i].astype(np.int64), neg=neg[i].astype(np.int64))
+                for key, column in columns.items():
+                    setattr(item, key, int(column[i]) if column.dtype.kind == "i" else float(column[i]))
+                stats[name] = item
+    except FileNotFoundError:
+        raise QuantError(f"{path}: statistics file not found; run calibrate with --stats to create it") from None
+    except Exception as exc:  # zip, npz, key, decode and shape errors all mean the same to the user
+        raise QuantError(f"{path}: not a quanttool statistics file ({type(exc).__name__}: {exc}); "
+                         f"delete it or choose another --stats path") from None
+    return stats, dict(zip(keys, values))

@@ -1,0 +1,163 @@
+"""Streaming statistics: exact, order- and batch-independent histograms and moments; the .npz round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from quanttool.errors import QuantError
+from quanttool.stats import BINS, TensorStats, load_stats, save_stats
+
+
+def reference(values: np.ndarray) -> dict:
+    """Single-pass statistics of all values, computed directly (float64, final R found by halving/doubling)."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    absmax = np.abs(x).max()
+    r = 1.0
+    while r < absmax:
+        r *= 2.0
+    while r / 2.0 >= absmax:
+        r /= 2.0
+    pos = np.minimum(np.floor(x[x > 0] / r * BINS), BINS - 1).astype(np.int64)
+    neg = np.minimum(np.floor(-x[x < 0] / r * BINS), BINS - 1).astype(np.int64)
+    return {
+        "range": r, "pos": np.bincount(pos, minlength=BINS), "neg": np.bincount(neg, minlength=BINS),
+        "count": x.size, "zeros": int(np.sum(x == 0)), "min": x.min(), "max": x.max(),
+        "sum": x.sum(), "sumsq": np.sum(x * x), "sumabs": np.abs(x).sum(),
+    }
+
+
+def assert_matches(st: TensorStats, ref: dict) -> None:
+    assert st.range == ref["range"]
+    np.testing.assert_array_equal(st.pos, ref["pos"])
+    np.testing.assert_array_equal(st.neg, ref["neg"])
+    assert (st.count, st.zeros, st.min, st.max) == (ref["count"], ref["zeros"], ref["min"], ref["max"])
+    for key in ("sum", "sumsq", "sumabs"):
+        assert getattr(st, key) == pytest.approx(ref[key], rel=1e-9, abs=1e-9)
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(8):
+        x = (rng.standard_normal((1, 4, 9, 9)) * 3.0 ** (i % 4 - 1)).astype(np.float32)
+        x[x < -1.5] = 0.0                      # zeros, ReLU-style
+        out.append(x)
+    # values exactly on bin edges (dyadic) and on R itself
+    out[3].flat[:5] = [0.5, -0.5, 1.0, -1.0, -8.0]
+    return out
+
+
+def test_histogram_and_moments_match_a_direct_single_pass(images):
+    st = TensorStats()
+    for x in images:
+        st.update(x)
+    assert_matches(st, reference(np.concatenate([x.ravel() for x in images])))
+    assert (st.samples, st.numel) == (8, 4 * 9 * 9)
+
+
+def test_identical_for_any_order_batching_and_merge(images):
+    rng = np.random.default_rng(1)
+    one = TensorStats()
+    for x in images:
+        one.update(x)
+
+    shuffled = TensorStats()
+    order = rng.permutation(len(images))
+    batches = [order[:3], order[3:4], order[4:]]
+    for b in batches:
+        shuffled.update(np.concatenate([images[i] for i in b]), batch=len(b))
+
+    left, right = TensorStats(), TensorStats()
+    for x in images[4:]:       # the large-valued images first into one part, small ones into the other
+        left.update(x)
+    for x in images[:4]:
+        right.update(x)
+    right.merge(left)
+
+    for other in (shuffled, right):
+        assert other.range == one.range
+        np.testing.assert_array_equal(other.pos, one.pos)
+        np.testing.assert_array_equal(other.neg, one.neg)
+        assert (other.count, other.zeros, other.min, other.max, other.samples, other.numel) == \
+               (one.count, one.zeros, one.min, one.max, one.samples, one.numel)
+        for key in ("sum", "sumsq", "sumabs"):
+            assert getattr(other, key) == pytest.approx(getattr(one, key), rel=1e-9)
+
+
+def test_range_doubles_and_merges_bin_pairs():
+    st = TensorStats()
+    small = np.array([0.3, -0.2, 0.299, 0.01], np.float32)
+    st.update(small)
+    assert st.range == 0.5                       # smallest power of two >= 0.3
+    big = np.array([5.0, -0.26], np.float32)
+    st.update(big)
+    assert st.range == 8.0
+    assert_matches(st, reference(np.concatenate([small, big])))
+    exact = TensorStats()
+    exact.update(np.array([0.25], np.float32))
+    assert exact.range == 0.25                   # a power of two is its own range
+    np.testing.assert_array_equal(np.flatnonzero(exact.pos), [BINS - 1])  # x == R goes to the top bin
+
+
+def test_zeros_are_counted_apart_and_all_zero_tensor_has_no_range():
+    st = TensorStats()
+    st.update(np.zeros((2, 3), np.float32), batch=2)
+    assert (st.count, st.zeros, st.range, st.pos.sum(), st.neg.sum()) == (6, 6, 0.0, 0, 0)
+    assert (st.numel, st.samples, st.absmax, st.is_constant, st.is_nonnegative) == (3, 2, 0.0, True, True)
+    st.update(np.array([[0.0, 2.0, 0.0]], np.float32))
+    assert (st.zeros, st.pos.sum(), st.range) == (8, 1, 2.0)
+    hist, r = st.abs_hist()
+    assert (hist.sum(), r) == (1, 2.0)
+
+
+def test_derived_moments():
+    x = np.array([-2.0, 0.0, 1.0, 3.0], np.float32)
+    st = TensorStats()
+    st.update(x)
+    assert st.mean == pytest.approx(0.5)
+    assert st.std == pytest.approx(np.std(x.astype(np.float64)))
+    assert st.mean_abs == pytest.approx(1.5)
+    assert st.absmax == 3.0 and not st.is_nonnegative and not st.is_constant
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_raise(bad):
+    st = TensorStats()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        st.update(np.array([1.0, bad], np.float32))
+    assert st.count == 0
+
+
+def test_save_load_round_trip_with_any_names(tmp_path, images):
+    stats = {}
+    for i, name in enumerate(["conv/out:0", "", "ünïcode name", "with\x00nul", "a b\nc"]):
+        st = TensorStats()
+        for x in images[i:]:
+            st.update(x)
+        stats[name] = st
+    path = tmp_path / "calib.npz"
+    save_stats(path, stats, {"model": "abc123", "images": "17"})
+    loaded, meta = load_stats(path)
+    assert meta == {"model": "abc123", "images": "17"}
+    assert list(loaded) == list(stats)
+    for name, st in stats.items():
+        got = loaded[name]
+        np.testing.assert_array_equal(got.pos, st.pos)
+        np.testing.assert_array_equal(got.neg, st.neg)
+        for key in ("count", "numel", "samples", "zeros", "min", "max", "sum", "sumsq", "sumabs", "range"):
+            assert getattr(got, key) == getattr(st, key)
+
+
+def test_foreign_or_corrupt_file_is_a_quant_error_naming_it(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    with pytest.raises(QuantError, match="junk.npz"):
+        load_stats(junk)
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.arange(3))
+    with pytest.raises(QuantError, match="other.npz"):
+        load_stats(other)
+    with pytest.raises(QuantError, match="missing.npz"):
+        load_stats(tmp_path / "missing.npz")
