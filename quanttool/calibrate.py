@@ -16,7 +16,7 @@ import onnx
 from . import algorithms, rules
 from .errors import QuantError, UsageError, warn
 from .inputs import InputSpec, LoadReport, Preprocess, discover, iter_samples
-from .observe import observe
+from .observe import activation_names, observe
 from .qparams import QParam, asymmetric, symmetric, unsigned
 from .stats import TensorStats, load_stats, save_stats
 
@@ -55,7 +55,8 @@ def choose_params(model: onnx.ModelProto, stats: dict[str, TensorStats], setting
         lo, hi = algorithms.compute_range(settings.algorithm, st, kind, settings.bits,
                                           percentile=settings.percentile, compat=settings.compat)
         params[name] = to_qparam(kind, lo, hi, settings.bits)
-    return rules.apply(model, params, settings.bits)
+    params = rules.apply(model, params, settings.bits)
+    return {name: params[name] for name in activation_names(model) if name in params}  # graph order
 
 
 def samples_digest(samples: Sequence[dict[str, Path]], roots: dict[str, Path]) -> str:
@@ -82,8 +83,10 @@ def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Pat
                                  f"({cached.get(key)!r}, now {meta[key]!r}); delete the file or pass another --stats path")
         return stats, cached
     report = LoadReport()
+    shared = {src for src, _ in rules.shared_inputs(model)}
+    names = [name for name in activation_names(model) if name not in shared]
     stats = observe(model, iter_samples(samples, specs, pp, threads=max(1, threads), report=report),
-                    total=len(samples), threads=threads)
+                    total=len(samples), threads=threads, names=names)
     if report.skipped:
         warn(f"{report.skipped} of {len(samples)} images could not be read and were skipped")
     meta["images"] = str(len(samples) - report.skipped)

@@ -18,7 +18,8 @@ from .calibrate import Settings, choose_params, collect
 from .errors import QuantError, UsageError
 from .fileio import atomic_open, check_distinct, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
-from .observe import activation_names
+from .observe import activation_names, observe
+from .qparams import QParam
 from .table import read_table, write_table
 
 
@@ -86,6 +87,30 @@ def _load_table(path: Path, prepared) -> dict:
     return read_table(path, known=known).params
 
 
+RECIPE_KEY = "quanttool.recipe"
+
+
+def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int) -> None:
+    """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops."""
+    recipe = {"format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
+              "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()}}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)
+
+
+def read_recipe(model, path: Path) -> dict:
+    for entry in model.metadata_props:
+        if entry.key == RECIPE_KEY:
+            try:
+                recipe = json.loads(entry.value)
+                recipe["table"] = {name: QParam(float(s), int(z)) for name, (s, z) in recipe["table"].items()}
+                return recipe
+            except (ValueError, KeyError, TypeError):
+                break
+    raise QuantError(f"{path}: not made by `quanttool convert` (no readable {RECIPE_KEY} metadata); "
+                     f"evaluate its table instead with -f TABLE.scale")
+
+
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
                   exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8, stats_path=None,
                   **options) -> str:
@@ -101,6 +126,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     else:
         params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
     result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits)
+    record_recipe(result.model, params, fmt, exclude, weight_bits)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -114,4 +140,46 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
             + (f"{len(result.kept_fp32)} kept fp32 (" + ", ".join(f"{k} x{v}" for k, v in sorted(kept.items())) + ")"
                if kept else "none kept fp32")
             + f"; size {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB")
+    return text
+
+
+def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, fmt: str, labels: Path | None,
+                   json_path: Path | None, report_path: Path | None, top: int, **options) -> str:
+    from . import evaluate as ev
+    from .inputs import LoadReport, discover, iter_samples
+    from .rewrite import convert
+
+    for path in (json_path, report_path):
+        if path is not None:
+            check_distinct(path, model, quantized, table, option="--json/--report")
+    inputs = Inputs(model, **options)
+    label_map = ev.read_labels(labels) if labels is not None else None
+    static, dynamic = inputs.static(), inputs.dynamic()
+    if quantized is not None:
+        int8 = prep.load_model(quantized)
+        recipe = read_recipe(int8, quantized)
+        params = recipe["table"]
+        result = convert(dynamic, params, fmt=recipe["format"], exclude=recipe["exclude"],
+                         bits=recipe["weight_bits"])
+    else:
+        params = _load_table(table, dynamic)
+        result = convert(dynamic, params, fmt=fmt)
+        int8 = result.model
+    samples = discover(inputs.roots, inputs.max_images)
+    loaded = LoadReport()
+    report = ev.evaluate(static, int8, params, result.quantized,
+                         iter_samples(samples, inputs.specs, inputs.pp, threads=max(1, inputs.threads),
+                                      report=loaded),
+                         total=len(samples), labels=label_map, threads=inputs.threads)
+    if json_path is not None:
+        with atomic_open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(ev.to_json(report), handle, indent=1)
+    if report_path is not None:
+        worst = [layer.output for layer in report.layers[:6]]
+        stats = observe(static, iter_samples(samples[:20], inputs.specs, inputs.pp), total=min(20, len(samples)),
+                        threads=inputs.threads, names=worst, desc="histograms")
+        ev.write_html(report, report_path, stats)
+    text = ev.render_text(report, top=top)
+    if loaded.skipped:
+        text += f"\n{loaded.skipped} unreadable images skipped"
     return text

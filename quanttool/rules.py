@@ -24,20 +24,28 @@ def softmax_fixed(model: onnx.ModelProto, params: dict[str, QParam], bits: int =
             params[out] = QParam(1.0 / (qmax - qmin + 1), qmin) if unsigned else QParam(1.0 / qmax, 0)
 
 
-def share_pass_through(model: onnx.ModelProto, params: dict[str, QParam]) -> None:
-    """Give a pass-through op's input its output's parameters when that op is the input's only consumer.
+def shared_inputs(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(input, output) of each pass-through op that is its input's only consumer, last node first.
 
-    Nodes are visited last to first so a chain (Reshape -> Transpose -> MaxPool) takes the parameters of
-    its final output.
+    The input takes the output's parameters, so calibration need not observe it at all (which also lets
+    onnxruntime keep Conv+Clip fused during the pass). Last-to-first order resolves chains
+    (Reshape -> Transpose -> MaxPool all take the final output's parameters).
     """
     graph = model.graph
     consumers = Counter(name for node in graph.node for name in node.input)
     graph_outputs = {out.name for out in graph.output}
+    pairs = []
     for node in reversed(graph.node):
-        if node.op_type not in PASS_THROUGH or not node.input or not node.output:
-            continue
-        src, dst = node.input[0], node.output[0]
-        if src in params and dst in params and consumers[src] == 1 and src not in graph_outputs:
+        if node.op_type in PASS_THROUGH and node.input and node.output:
+            src, dst = node.input[0], node.output[0]
+            if consumers[src] == 1 and src not in graph_outputs:
+                pairs.append((src, dst))
+    return pairs
+
+
+def share_pass_through(model: onnx.ModelProto, params: dict[str, QParam]) -> None:
+    for src, dst in shared_inputs(model):
+        if dst in params:
             params[src] = params[dst]
 
 

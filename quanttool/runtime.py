@@ -15,6 +15,8 @@ def session(model: onnx.ModelProto, threads: int = 0, what: str = "model") -> or
     # Keep int8 QDQ as int8: by default onnxruntime on x86 rewrites it to uint8 and runs U8S8 kernels that
     # saturate on CPUs without VNNI (the demo lost 7 points of accuracy that way). See README, "Running".
     options.add_session_config_entry("session.qdqisint8allowed", "1")
+    # quanttool alternates sessions and numpy work on few cores; spinning threads would steal those cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types

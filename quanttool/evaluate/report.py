@@ -1,0 +1,82 @@
+"""The evaluation report: per-layer and per-output results, and their JSON form.
+
+JSON numbers: an SQNR is +inf when the error is exactly zero (lossless) and -inf when the reference is all
+zeros but the int8 tensor is not; JSON has no infinities, so both are written as null. `mse` (layers) and
+`max_abs_error` (outputs) tell the two apart: 0 means lossless.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LayerReport:
+    name: str                          # node name (as the converter and --exclude use it)
+    op_type: str
+    output: str                        # the tensor compared: the op's output, or the absorbed Relu/Clip's
+    index: int                         # position in the converter's list (graph order)
+    scale: float
+    zero_point: int
+    isolated_sqnr_db: float | None     # only this op quantized, fp32 inputs; None: not measured
+    isolated_cosine: float | None
+    sqnr_db: float | None              # accumulated: the whole int8 model; None: not measured
+    cosine: float | None
+    mse: float | None                  # accumulated mean squared error
+    clipped_fraction: float            # fp32 values outside [(qmin - zp) * s, (qmax - zp) * s]
+    channel_cosines: list[float] = field(default_factory=list)  # Conv: accumulated cosine per output channel
+    worst_channels: list[tuple[int, float]] = field(default_factory=list)  # the 5 lowest (channel, cosine)
+
+
+@dataclass
+class OutputReport:
+    name: str
+    cosine: float
+    sqnr_db: float
+    max_abs_error: float
+    top1_agreement: float | None       # class vectors [N, C], C > 1: fraction of rows with the same argmax
+
+
+@dataclass
+class Accuracy:
+    output: str                        # the class-vector output the labels are checked against
+    labeled: int                       # images that had a label
+    unlabeled: int                     # images the labels file does not list
+    fp32: float
+    int8: float
+
+
+@dataclass
+class EvalReport:
+    layers: list[LayerReport]          # ranked: worst isolated SQNR first
+    outputs: list[OutputReport]
+    images: int
+    accuracy: Accuracy | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def to_json(report: EvalReport) -> dict:
+    layers = [{
+        "rank": rank, "name": lay.name, "op_type": lay.op_type, "output": lay.output,
+        "scale": lay.scale, "zero_point": lay.zero_point,
+        "cosine": lay.cosine, "sqnr_db": finite(lay.sqnr_db), "mse": lay.mse,
+        "isolated_cosine": lay.isolated_cosine, "isolated_sqnr_db": finite(lay.isolated_sqnr_db),
+        "clipped_fraction": lay.clipped_fraction,
+        "worst_channels": [{"channel": c, "cosine": v} for c, v in lay.worst_channels],
+        "channel_cosines": lay.channel_cosines,
+    } for rank, lay in enumerate(report.layers, start=1)]
+    outputs = [{
+        "name": out.name, "cosine": out.cosine, "sqnr_db": finite(out.sqnr_db),
+        "max_abs_error": out.max_abs_error, "top1_agreement": out.top1_agreement,
+    } for out in report.outputs]
+    data = {"images": report.images, "layers": layers, "outputs": outputs, "notes": list(report.notes)}
+    if report.accuracy is not None:
+        acc = report.accuracy
+        data["accuracy"] = {"output": acc.output, "labeled": acc.labeled, "unlabeled": acc.unlabeled,
+                            "fp32": acc.fp32, "int8": acc.int8}
+    return data

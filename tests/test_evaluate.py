@@ -1,0 +1,282 @@
+"""evaluate: every number checked against a formula computed here from separate onnxruntime runs or numpy."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from quanttool.errors import QuantError
+from quanttool.evaluate import evaluate, read_labels, render_text, to_json, write_html
+from quanttool.evaluate.report_html import PLOT_HINT
+from quanttool.qparams import QParam, qrange
+from quanttool.rewrite import convert
+from quanttool.runtime import with_outputs
+from tests.helpers import init, make_model, run, tensor_info
+
+RNG = np.random.default_rng(7)
+
+
+def run_int8(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
+    """onnxruntime with int8 QDQ kept as int8 (S8S8 kernels), the setting quanttool runs int8 models with;
+    onnxruntime's default u8s8 kernels saturate on CPUs without VNNI and give other numbers."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+# ---- formulas, written out independently of quanttool.evaluate.metrics ------------------------------------
+def sqnr(ref: np.ndarray, q: np.ndarray) -> float:
+    ref, q = ref.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    noise = np.sum((ref - q) ** 2)
+    return math.inf if noise == 0 else 10 * math.log10(np.sum(ref ** 2) / noise)
+
+
+def cos(ref: np.ndarray, q: np.ndarray) -> float:
+    ref, q = ref.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    return float(ref @ q / math.sqrt((ref @ ref) * (q @ q)))
+
+
+def fake_quant(x: np.ndarray, qp: QParam) -> np.ndarray:
+    qmin, qmax = qrange(8)
+    q = np.clip(np.round(x / np.float32(qp.scale)) + qp.zero_point, qmin, qmax)
+    return ((q - qp.zero_point) * np.float32(qp.scale)).astype(np.float32)
+
+
+def minmax_table(model: onnx.ModelProto, names: list[str], samples) -> dict[str, QParam]:
+    """Symmetric min/max over the samples, from fp32 onnxruntime runs."""
+    exposed = with_outputs(model, [n for n in names if n not in {i.name for i in model.graph.input}])
+    absmax = dict.fromkeys(names, 0.0)
+    for _, feeds in samples:
+        outs = dict(zip([o.name for o in exposed.graph.output], run(exposed, feeds)))
+        outs.update(feeds)
+        for n in names:
+            absmax[n] = max(absmax[n], float(np.abs(outs[n]).max()))
+    return {n: QParam(v / 127, 0) for n, v in absmax.items()}
+
+
+def make_samples(count: int, shape, name="x", scale=1.0):
+    return [(f"img{k:02d}.png", {name: (RNG.standard_normal(shape) * scale).astype(np.float32)})
+            for k in range(count)]
+
+
+# ---- a small classifier: Conv -> Relu -> Conv -> GlobalAveragePool -> Flatten -> Gemm -------------------
+def classifier():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    inits = [init("w1", RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3),
+             init("b1", RNG.standard_normal(8).astype(np.float32) * 0.1),
+             init("w2", RNG.standard_normal((6, 8, 3, 3)).astype(np.float32) * 0.2),
+             init("b2", RNG.standard_normal(6).astype(np.float32) * 0.1),
+             init("wf", RNG.standard_normal((5, 6)).astype(np.float32)),
+             init("bf", RNG.standard_normal(5).astype(np.float32) * 0.1)]
+    return make_model(nodes, [tensor_info("x", [1, 3, 8, 8])], [tensor_info("logits", [1, 5])], inits)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = classifier()
+    samples = make_samples(8, (1, 3, 8, 8))
+    table = minmax_table(model, ["x", "c1", "r1", "c2", "gap", "flat", "logits"], samples)
+    result = convert(model, table)
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples))
+    return model, samples, table, result, report
+
+
+def test_output_metrics_equal_separate_runs(setup):
+    model, samples, _, result, report = setup
+    ref = np.concatenate([run(model, feeds)[0] for _, feeds in samples])
+    q = np.concatenate([run_int8(result.model, feeds)[0] for _, feeds in samples])
+    (out,) = report.outputs
+    assert out.name == "logits"
+    assert out.sqnr_db == pytest.approx(sqnr(ref, q), rel=1e-6)
+    assert out.cosine == pytest.approx(cos(ref, q), abs=1e-9)
+    assert out.max_abs_error == pytest.approx(float(np.abs(ref - q).max()), rel=1e-6)
+    assert out.top1_agreement == pytest.approx(np.mean(ref.argmax(1) == q.argmax(1)))
+    assert report.images == len(samples)
+
+
+def test_accumulated_layer_and_channels_equal_int8_tensors(setup):
+    model, samples, table, result, report = setup
+    int8 = with_outputs(result.model, ["c2_quantized"])
+    fp32 = with_outputs(model, ["c2"])
+    refs, deqs = [], []
+    scale, zp = table["c2"].scale, table["c2"].zero_point
+    for _, feeds in samples:
+        refs.append(run(fp32, feeds)[1])
+        deqs.append((run_int8(int8, feeds)[1].astype(np.float32) - zp) * np.float32(scale))
+    ref, deq = np.concatenate(refs), np.concatenate(deqs)
+    layer = next(lay for lay in report.layers if lay.name == "conv2")
+    assert layer.output == "c2"
+    assert layer.sqnr_db == pytest.approx(sqnr(ref, deq), rel=1e-6)
+    assert layer.cosine == pytest.approx(cos(ref, deq), abs=1e-9)
+    per_channel = [cos(ref[:, c], deq[:, c]) for c in range(ref.shape[1])]
+    assert layer.channel_cosines == pytest.approx(per_channel, abs=1e-9)
+    worst = sorted(range(len(per_channel)), key=per_channel.__getitem__)[:5]
+    assert [c for c, _ in layer.worst_channels] == worst
+
+
+def test_isolated_conv_relu_equals_numpy_fake_quant():
+    """1x1 Conv + absorbed Relu, isolated: fq_out(relu(conv(fq_in(x), deq W) + deq b)) written out here."""
+    w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32) * 0.1
+    model = make_model([helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+                        helper.make_node("Relu", ["c"], ["y"], name="relu")],
+                       [tensor_info("x", [1, 3, 5, 5])], [tensor_info("y", [1, 4, 5, 5])], [init("w", w), init("b", b)])
+    samples = make_samples(4, (1, 3, 5, 5))
+    table = {"x": QParam(0.03, 0), "c": QParam(0.05, 0), "y": QParam(0.02, -128)}  # zp -128: Relu is absorbed
+    result = convert(model, table)
+    assert [(op.node, op.output) for op in result.quantized] == [("conv", "y")]
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples))
+
+    s_w = np.abs(w).reshape(4, -1).max(axis=1) / 127  # per output channel, symmetric +-127
+    w_deq = np.clip(np.round(w / s_w[:, None, None, None]), -127, 127) * s_w[:, None, None, None]
+    s_b = np.float32(0.03) * s_w.astype(np.float32)
+    b_deq = np.round(b / s_b) * s_b
+    refs, isos = [], []
+    for _, feeds in samples:
+        x = fake_quant(feeds["x"], table["x"])
+        conv = np.einsum("nchw,oc->nohw", x, w_deq[:, :, 0, 0]) + b_deq[None, :, None, None]
+        isos.append(fake_quant(np.maximum(conv, 0).astype(np.float32), table["y"]))
+        refs.append(run(model, feeds)[0])
+    (layer,) = report.layers
+    assert layer.isolated_sqnr_db == pytest.approx(sqnr(np.concatenate(refs), np.concatenate(isos)), rel=1e-4)
+    assert layer.isolated_cosine == pytest.approx(cos(np.concatenate(refs), np.concatenate(isos)), abs=1e-7)
+
+
+def lossless_then_lossy():
+    """conva is exact on integer inputs (weights +-127 -> weight scale 1, output scale 127); convb is not."""
+    wa = np.array([127, -127], dtype=np.float32).reshape(2, 1, 1, 1)
+    wb = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="conva"),
+             helper.make_node("Conv", ["a", "wb"], ["b"], name="convb", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [tensor_info("x", [1, 1, 6, 6])], [tensor_info("b", [1, 3, 6, 6])],
+                       [init("wa", wa), init("wb", wb)])
+    samples = [(f"s{k}.png", {"x": RNG.integers(-3, 4, (1, 1, 6, 6)).astype(np.float32)}) for k in range(5)]
+    return model, samples
+
+
+def test_lossless_layer_is_infinite_and_lossy_layer_ranks_first():
+    model, samples = lossless_then_lossy()
+    table = minmax_table(model, ["b"], samples)
+    table.update({"x": QParam(1.0, 0), "a": QParam(127.0, 0), "b": QParam(table["b"].scale * 50, 0)})
+    result = convert(model, table)
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples))
+    assert [lay.name for lay in report.layers] == ["convb", "conva"]
+    lossy, exact = report.layers
+    assert exact.isolated_sqnr_db == math.inf and exact.sqnr_db == math.inf and exact.mse == 0
+    assert exact.cosine == 1.0
+    assert lossy.isolated_sqnr_db < 10
+    data = to_json(report)
+    assert data["layers"][1]["sqnr_db"] is None and data["layers"][1]["isolated_sqnr_db"] is None
+    json.dumps(data, allow_nan=False)  # strict JSON: no Infinity/NaN tokens
+
+
+def test_clipped_fraction_counts_values_outside_the_grid():
+    model, samples = lossless_then_lossy()
+    table = minmax_table(model, ["x", "a", "b"], samples)
+    tight = QParam(table["b"].scale / 4, 5)  # a tiny range, asymmetric, so both ends clip
+    table["b"] = tight
+    result = convert(model, table)
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples))
+    ref = np.concatenate([run(model, feeds)[0] for _, feeds in samples])
+    lo, hi = (-128 - tight.zero_point) * tight.scale, (127 - tight.zero_point) * tight.scale
+    expected = np.count_nonzero((ref < lo) | (ref > hi)) / ref.size
+    layer = next(lay for lay in report.layers if lay.output == "b")
+    assert 0 < expected < 1
+    assert layer.clipped_fraction == pytest.approx(expected, abs=1e-12)
+    assert report.layers[0].output == "b"
+
+
+def test_labels_accuracy_equals_counts(setup, tmp_path):
+    model, samples, table, result, _ = setup
+    labels = {key: int(k % 5) for k, (key, _) in enumerate(samples[:-1])}  # the last image is unlabeled
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples), labels=labels)
+    fp32_hits = sum(int(run(model, f)[0].argmax() == labels[k]) for k, f in samples[:-1])
+    int8_hits = sum(int(run_int8(result.model, f)[0].argmax() == labels[k]) for k, f in samples[:-1])
+    acc = report.accuracy
+    assert (acc.output, acc.labeled, acc.unlabeled) == ("logits", len(samples) - 1, 1)
+    assert acc.fp32 == pytest.approx(fp32_hits / (len(samples) - 1))
+    assert acc.int8 == pytest.approx(int8_hits / (len(samples) - 1))
+    assert to_json(report)["accuracy"] == {"output": "logits", "labeled": 7, "unlabeled": 1,
+                                           "fp32": acc.fp32, "int8": acc.int8}
+    text = render_text(report)
+    assert f"fp32 {fp32_hits / 7 * 100:.2f}%" in text and "1 of 8 images have no label" in text
+
+    with pytest.raises(QuantError, match="none of the 8 images is listed"):
+        evaluate(model, result.model, table, result.quantized, iter(samples), len(samples), labels={"other.png": 1})
+
+
+def test_read_labels(tmp_path):
+    good = tmp_path / "labels.txt"
+    good.write_text("# comment\n\nclass a/img 1.png 3\n./b.png 0\nsub\\c.png 7\n")
+    assert read_labels(good) == {"class a/img 1.png": 3, "b.png": 0, "sub/c.png": 7}
+    for text, message in [("a.png\n", r"labels.txt:1: expected `relative/path.png label`"),
+                          ("a.png 1\nb.png cat\n", r"labels.txt:2: label 'cat' is not an integer"),
+                          ("a.png 1\n./a.png 2\n", r"labels.txt:2: 'a.png' is listed twice"),
+                          ("a.png -1\n", r"labels.txt:1: label -1 is negative"),
+                          ("# nothing\n", r"no `relative/path.png label` lines")]:
+        bad = tmp_path / "labels.txt"
+        bad.write_text(text)
+        with pytest.raises(QuantError, match=message):
+            read_labels(bad)
+    with pytest.raises(QuantError, match="missing.txt: file not found"):
+        read_labels(tmp_path / "missing.txt")
+
+
+def test_json_schema_matches_report(setup):
+    _, _, _, _, report = setup
+    data = json.loads(json.dumps(to_json(report), allow_nan=False))
+    assert data["images"] == report.images
+    assert len(data["layers"]) == len(report.layers)
+    for row, lay in zip(data["layers"], report.layers):
+        for key in ("name", "op_type", "cosine", "sqnr_db", "isolated_sqnr_db", "clipped_fraction"):
+            assert row[key] == getattr(lay, key)
+    for row, out in zip(data["outputs"], report.outputs):
+        for key in ("name", "cosine", "sqnr_db", "top1_agreement", "max_abs_error"):
+            assert row[key] == getattr(out, key)
+
+
+def test_ranking_and_text_table(setup):
+    _, _, _, result, report = setup
+    assert sorted(lay.name for lay in report.layers) == sorted(op.node for op in result.quantized)
+    isolated = [lay.isolated_sqnr_db for lay in report.layers]
+    assert isolated == sorted(isolated)
+    lines = render_text(report, top=2).splitlines()
+    assert report.layers[0].name in lines[3] and report.layers[1].name in lines[4]
+    assert f"... {len(report.layers) - 2} more layers" in lines[5]
+
+
+def test_html_with_plots(setup, tmp_path):
+    _, _, _, _, report = setup
+    path = tmp_path / "report.html"
+    write_html(report, path)
+    text = path.read_text()
+    assert '<img alt="SQNR per layer" src="data:image/png;base64,' in text
+    assert text.count("<tr class=") == len(report.layers)
+    assert all(f'<td class="l">{lay.name}</td>' in text for lay in report.layers)
+    assert PLOT_HINT not in text
+
+
+def test_html_without_matplotlib(setup, tmp_path, monkeypatch):
+    _, _, _, _, report = setup
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    path = tmp_path / "report.html"
+    write_html(report, path)
+    text = path.read_text()
+    assert "data:image/png" not in text and PLOT_HINT in text
+    assert text.count("<tr class=") == len(report.layers)
