@@ -1,0 +1,145 @@
+"""Bad input never crashes: each case gives one line on stderr naming the file, tensor or option, and the
+right exit code (1 data/model, 2 usage). Inputs are never modified and failed runs leave no output file."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from onnx import helper
+from PIL import Image
+
+from quanttool.cli import main
+from tests.helpers import init, make_model, tensor_info
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def one_line_error(err: str) -> str:
+    # progress bars (tqdm, on stderr) and warnings may precede the error; the error itself is one line
+    lines = [line for line in err.replace("\r", "\n").strip().splitlines()
+             if line.strip() and "warning" not in line and "img/s" not in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = make_model(nodes, [tensor_info("x", ["N", 3, 8, 8])], [tensor_info("y", ["N", 4, 8, 8])],
+                       [init("w", rng.normal(size=(4, 3, 3, 3)).astype(np.float32)),
+                        init("b", rng.normal(size=4).astype(np.float32))])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    return tmp_path, path, images
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_happy_path_then_bad_tables(workspace, capsys):
+    tmp, model, images = workspace
+    before = digest(model)
+    code, out, _ = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    assert code == 0 and "3 images" in out
+    code, out, _ = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx")
+    assert code == 0 and "quantized" in out
+    assert digest(model) == before  # the input model is never modified
+
+    table = (tmp / "t.scale").read_text().splitlines()
+    cases = {
+        "nan": ("x nan 0", "positive and finite"),
+        "negative": ("x -1 0", "positive and finite"),
+        "foreign": ("other_model_tensor 0.1 0", "not a tensor of this model"),
+        "malformed": ("x 0.1", "expected `name scale zero_point`"),
+    }
+    for name, (line, reason) in cases.items():
+        bad = tmp / f"{name}.scale"
+        bad.write_text("\n".join(table + [line]) + "\n")
+        out_path = tmp / f"{name}.onnx"
+        code, _, err = run_cli(capsys, "convert", "-m", model, "-f", bad, "-o", out_path)
+        message = one_line_error(err)
+        assert code == 1 and reason in message and str(bad) in message, message
+        assert not out_path.exists()
+    missing = tmp / "missing.scale"
+    missing.write_text("\n".join(line for line in table if not line.startswith("c ") and not line.startswith("y "))
+                       + "\n")
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", missing, "-o", tmp / "missing.onnx")
+    message = one_line_error(err)
+    assert code == 1 and ("'y'" in message or "'c'" in message) and "no entry in the table" in message
+
+
+def test_corrupt_model(workspace, capsys):
+    tmp, _, images = workspace
+    bad = tmp / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    code, _, err = run_cli(capsys, "calibrate", "-m", bad, "-i", images)
+    assert code == 1 and str(bad) in one_line_error(err)
+    code, _, err = run_cli(capsys, "calibrate", "-m", tmp / "nope.onnx", "-i", images)
+    assert code == 1 and "nope.onnx" in one_line_error(err)
+
+
+def test_empty_folder_and_unreadable_image(workspace, capsys):
+    tmp, model, images = workspace
+    empty = tmp / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", empty, "-o", tmp / "e.scale")
+    assert code == 1 and str(empty) in one_line_error(err)
+    assert not (tmp / "e.scale").exists()
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    code, out, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    assert code == 0 and "broken.jpg" in err and "3 images" in out  # skipped, warned and counted
+
+
+def test_wrong_shape_npy_and_nan(workspace, capsys):
+    tmp, model, _ = workspace
+    folder = tmp / "npy"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.zeros((3, 5, 5), np.float32))
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", folder)
+    message = one_line_error(err)
+    assert code == 1 and "a.npy" in message
+    np.save(folder / "a.npy", np.full((3, 8, 8), np.nan, np.float32))
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", folder)
+    message = one_line_error(err)
+    assert code == 1 and "a.npy" in message and "NaN" in message
+
+
+def test_bad_options(workspace, capsys):
+    tmp, model, images = workspace
+    for args, needle in [
+        (["calibrate", "-m", model, "-i", images, "--mean", "1,2"], "--mean"),
+        (["calibrate", "-m", model, "-i", images, "--shape", "3,x,8"], "--shape"),
+        (["calibrate", "-m", model, "-i", images, "--shape", "1,8,8"], "shape"),
+        (["calibrate", "-m", model, "-i", images, "--max-images", "0"], "--max-images"),
+        (["calibrate", "-m", model, "-i", tmp / "nowhere"], "nowhere"),
+        (["convert", "-m", model, "-f", tmp / "t.scale", "-o", model], "--output"),
+    ]:
+        code, _, err = run_cli(capsys, *args)
+        message = one_line_error(err)
+        assert code in (1, 2) and needle in message, (args, message)
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "--colour", "rgb")
+    assert code == 2 and "--colour" in one_line_error(err)
+
+
+def test_output_written_atomically_keeps_old_file_on_failure(workspace, capsys):
+    tmp, model, images = workspace
+    target = tmp / "keep.scale"
+    target.write_text("old content\n")
+    empty = tmp / "empty2"
+    empty.mkdir()
+    code, _, _ = run_cli(capsys, "calibrate", "-m", model, "-i", empty, "-o", target)
+    assert code == 1 and target.read_text() == "old content\n"
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".keep")] == []  # no temp file left
