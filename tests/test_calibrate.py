@@ -1,0 +1,102 @@
+"""calibrate end to end: table values against onnxruntime runs done in the test, the --stats cache, and
+fixed rules on a real graph."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import quanttool.calibrate as calibrate_module
+from quanttool.calibrate import Settings
+from quanttool.commands import calibrate_table
+from quanttool.errors import QuantError
+from quanttool.table import read_table
+from tests.helpers import init, make_model, run, tensor_info
+
+OPTIONS = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False,
+               max_images=None, threads=0)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c2", "x"], ["a"], name="add"),
+        helper.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Softmax", ["f"], ["y"], name="softmax"),
+    ]
+    model = make_model(nodes, [tensor_info("x", [1, 3, 6, 6])], [tensor_info("y", [1, 3])],
+                       [init("w1", rng.normal(size=(4, 3, 3, 3)).astype(np.float32)),
+                        init("w2", rng.normal(size=(3, 4, 1, 1)).astype(np.float32))])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    images = tmp_path / "npy"
+    images.mkdir()
+    xs = [rng.normal(size=(3, 6, 6)).astype(np.float32) * (i + 1) for i in range(5)]
+    for i, x in enumerate(xs):
+        np.save(images / f"{i}.npy", x)
+    return tmp_path, path, images, model, xs
+
+
+def exposed_minmax(model, xs, names):
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
+    runs = [run(exposed, {"x": x[None]}) for x in xs]
+    outs = {}
+    for k, name in enumerate(names):
+        values = np.concatenate([r[1 + k].ravel() for r in runs])
+        outs[name] = (values.min(), values.max())
+    return outs
+
+
+def test_minmax_table_matches_onnxruntime(setup):
+    tmp, path, images, model, xs = setup
+    calibrate_table(path, tmp / "t.scale", Settings("minmax"), images=[str(images)], **OPTIONS)
+    table = read_table(tmp / "t.scale").params
+    ranges = exposed_minmax(model, xs, ["c2", "a", "g", "r1"])
+    x_absmax = max(abs(x).max() for x in xs)
+    assert table["x"].scale == pytest.approx(x_absmax / 127, rel=1e-6) and table["x"].zero_point == 0
+    assert table["r1"].scale == pytest.approx(ranges["r1"][1] / 255, rel=1e-6)  # never negative: 256 levels
+    assert table["r1"].zero_point == -128
+    lo, hi = ranges["a"]
+    assert table["a"].scale == pytest.approx(max(-lo, hi) / 127, rel=1e-6)
+    # Flatten is g's only consumer: g shares f's parameters; Softmax output is fixed at 1/256 (never negative)
+    assert table["g"] == table["f"]
+    assert table["y"].scale == pytest.approx(1 / 256) and table["y"].zero_point == -128
+    # Relu is c1's only consumer: c1 is not observed but shares r1's parameters
+    assert table["c1"] == table["r1"]
+
+
+def test_asymmetric_scheme_follows_seed_formula(setup):
+    tmp, path, images, model, xs = setup
+    calibrate_table(path, tmp / "t.scale", Settings("minmax", scheme="asymmetric"), images=[str(images)], **OPTIONS)
+    table = read_table(tmp / "t.scale").params
+    lo, hi = exposed_minmax(model, xs, ["a"])["a"]
+    scale = (max(hi, 0) - min(lo, 0)) / 255
+    assert table["a"].scale == pytest.approx(scale, rel=1e-6)
+    assert table["a"].zero_point == int(round(-128 - min(lo, 0) / scale))
+
+
+def test_stats_cache_reused_without_inference_and_mismatch_is_an_error(setup, monkeypatch):
+    tmp, path, images, _, _ = setup
+    cache = tmp / "stats.npz"
+    calibrate_table(path, tmp / "a.scale", Settings("minmax"), images=[str(images)], stats_path=cache, **OPTIONS)
+    assert cache.exists()
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("inference ran although cached statistics matched")
+
+    monkeypatch.setattr(calibrate_module, "observe", no_inference)
+    calibrate_table(path, tmp / "b.scale", Settings("percentile"), images=[str(images)], stats_path=cache,
+                    **OPTIONS)
+    calibrate_table(path, tmp / "c.scale", Settings("minmax"), images=[str(images)], stats_path=cache, **OPTIONS)
+    assert read_table(tmp / "c.scale").params == read_table(tmp / "a.scale").params
+    with pytest.raises(QuantError, match="preprocess"):
+        calibrate_table(path, tmp / "d.scale", Settings("minmax"), images=[str(images)], stats_path=cache,
+                        **{**OPTIONS, "norm": "0.5"})
+    assert not (tmp / "d.scale").exists()
