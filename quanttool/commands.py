@@ -5,6 +5,7 @@ The CLI only parses options; these functions hold the flow so it reads top to bo
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -42,14 +43,18 @@ class Inputs:
         self.path = Path(model)
         self.model = prep.load_model(self.path)
         self.sha = prep.model_hash(self.path)
-        shapes = parse_shapes(shape)
-        self.specs = prep.input_specs(self.model, shapes)
-        first = next(iter(shapes.values()), None)
+        self.shapes = parse_shapes(shape)
+        first = next(iter(self.shapes.values()), None)
         self.pp = Preprocess(shape=first, mean=parse_floats(mean, "--mean"), norm=parse_floats(norm, "--norm"),
                              color=color, resize=resize, pad_value=pad_value, focus=focus)
         self.roots = parse_image_dirs(images, [spec.name for spec in self.specs]) if images else None
         self.max_images = max_images
         self.threads = threads
+
+    @functools.cached_property
+    def specs(self):
+        """Static input shapes; only what runs images needs them (convert -f keeps the model's dims)."""
+        return prep.input_specs(self.model, self.shapes)
 
     def static(self):
         """Prepared with the input dims fixed (what calibration and evaluation run)."""

@@ -18,11 +18,14 @@ def model_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 
 def _dims(info: onnx.ValueInfoProto) -> list[int | str] | None:
-    """Declared dims (an int, or the symbolic name / '?' when dynamic); None when the rank is unknown."""
+    """Declared dims (an int, or the symbolic name / '?' when dynamic); None when the rank is unknown.
+
+    A dim_value <= 0 is dynamic too: old Paddle exports write a dynamic batch as -1."""
     tensor_type = info.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in tensor_type.shape.dim]
 
 
 def _fmt(dims) -> str:

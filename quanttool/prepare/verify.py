@@ -33,7 +33,7 @@ def random_feeds(model: onnx.ModelProto, specs: list | None) -> dict[str, np.nda
         if info.name in by_name:
             shape = tuple(by_name[info.name].shape)
         else:
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
             if dims and dims[0] is None:
                 dims[0] = 1
             if not tensor_type.HasField("shape") or None in dims:
