@@ -52,7 +52,7 @@ def activation_names(model: onnx.ModelProto) -> list[str]:
 
 
 def observe(model: onnx.ModelProto, samples: Iterable[tuple[str, Mapping[str, np.ndarray]]], total: int,
-            threads: int = 0, names: list[str] | None = None) -> dict[str, TensorStats]:
+            threads: int = 0, names: list[str] | None = None, desc: str = "calibrate") -> dict[str, TensorStats]:
     """Run every sample once and return streaming statistics for each float activation."""
     names = activation_names(model) if names is None else names
     inputs = {inp.name for inp in model.graph.input}
@@ -73,7 +73,7 @@ def observe(model: onnx.ModelProto, samples: Iterable[tuple[str, Mapping[str, np
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for key, feeds in tqdm(samples, total=total, unit="img", desc="calibrate", dynamic_ncols=True):
+        for key, feeds in tqdm(samples, total=total, unit="img", desc=desc, dynamic_ncols=True):
             outputs = sess.run(run_names, dict(feeds))
             values = {name: feeds[name] for name in names if name in feeds}
             values.update({name: out for name, out in zip(run_names, outputs) if name in stats})

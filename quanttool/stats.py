@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,9 +26,24 @@ from .fileio import atomic_open
 BINS = 2048  # per sign; a power of two (see the module docstring)
 
 # Values are processed in chunks that fit in the CPU cache: every temporary stays small and hot.
-_CHUNK = 1 << 17
+_CHUNK = 1 << 15
+_LANES = 4                # interleaved copies of the histogram in `update` (see there)
+_SLOTS = 2 * BINS + 1     # signed bin indices -BINS..BINS, offset by BINS
 _FORMAT = "quanttool-stats-1"
 _SCALARS = ("count", "numel", "samples", "zeros", "min", "max", "sum", "sumsq", "sumabs", "range")
+
+
+class _Buffers(threading.local):
+    """Per-thread scratch arrays for `update`: no allocation per chunk, and workers never share them."""
+
+    def __init__(self) -> None:
+        self.f32 = np.empty(_CHUNK, np.float32)
+        self.mask = np.empty(_CHUNK, np.bool_)
+        self.index = np.empty(_CHUNK, np.int64)
+        self.lanes = (np.arange(_CHUNK) % _LANES) * _SLOTS + BINS  # lane offset plus the sign offset BINS
+
+
+_BUFFERS = _Buffers()  # a threading.local: each thread sees its own arrays
 
 
 def _power_of_two_at_least(value: float) -> float:
@@ -133,27 +149,36 @@ class TensorStats:
         work = np.float32 if 0.0 < scale < 2.0**120 else np.float64
         scale = work(scale)
         signed = lo < 0.0
-        hist = np.zeros(2 * BINS + 1, np.int64)
-        total = plus = sq = absolute = 0.0
+        buf = _BUFFERS
+        hist = np.zeros(_LANES * _SLOTS, np.int64)
+        total = sq = absolute = 0.0
         negatives = zeros = 0
         for start in range(0, flat.size, _CHUNK):
             part = flat[start:start + _CHUNK]
+            n = part.size
+            f32, mask, index = buf.f32[:n], buf.mask[:n], buf.index[:n]
             plus = add(part, dtype=f64)
-            sq += add(np.square(part), dtype=f64)  # squares rounded to float32, summed in float64
+            sq += add(np.square(part, out=f32), dtype=f64)  # squares rounded to float32, summed in float64
             total += plus
             if signed:
-                absolute += add(np.abs(part), dtype=f64)
-                negatives += int(np.count_nonzero(part < 0))
+                absolute += add(np.abs(part, out=f32), dtype=f64)
+                negatives += int(np.count_nonzero(np.less(part, 0, out=mask)))
             else:
                 absolute += plus
-            zeros += int(np.count_nonzero(part == 0))
+            zeros += int(np.count_nonzero(np.equal(part, 0, out=mask)))
             if absmax > 0.0:
                 # trunc(x * BINS / R) is floor(|x| * BINS / R) with the sign of x: bin k of pos lands at
                 # BINS + k, bin k of neg at BINS - k; the shared slot BINS (bin 0 of both, and the zeros) is
-                # split below from the counts of negatives and zeros.
-                index = np.multiply(part, scale, dtype=work).astype(np.int32)
-                index += BINS
-                hist += np.bincount(index, minlength=2 * BINS + 1)
+                # split below from the counts of negatives and zeros. Neighbouring values go to different
+                # copies of the histogram (lanes): runs of equal bins (the zeros of a ReLU) would otherwise
+                # make every increment wait for the previous one.
+                if work is np.float32:
+                    np.copyto(index, np.multiply(part, scale, out=f32), casting="unsafe")
+                else:
+                    np.copyto(index, np.multiply(part, scale, dtype=work), casting="unsafe")
+                index += buf.lanes[:n]
+                hist += np.bincount(index, minlength=_LANES * _SLOTS)
+        hist = hist.reshape(_LANES, _SLOTS).sum(axis=0)
         # |x| == R lands on bin BINS; it belongs to the top bin BINS - 1.
         pos = hist[BINS:].copy()
         pos[BINS - 1] += pos[BINS]

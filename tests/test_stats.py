@@ -161,3 +161,46 @@ def test_foreign_or_corrupt_file_is_a_quant_error_naming_it(tmp_path):
         load_stats(other)
     with pytest.raises(QuantError, match="missing.npz"):
         load_stats(tmp_path / "missing.npz")
+
+
+def test_exact_across_chunks_lanes_and_runs_of_equal_values():
+    """Tensors longer than a chunk, with long runs of zeros and of one bin, signed and not, match a direct pass."""
+    from quanttool import stats as module
+    rng = np.random.default_rng(3)
+    n = 2 * module._CHUNK + 12345                  # several chunks, the last one partial
+    x = rng.standard_normal(n).astype(np.float32)
+    x[1000:50000] = 0.0                            # a ReLU-like run of zeros across a chunk boundary
+    x[60000:70000] = 0.75                          # a run that hits one bin
+    x[5] = -4.0                                    # R = 4 exactly: -R lands in the top negative bin
+    st = TensorStats()
+    st.update(x.reshape(1, -1))
+    assert_matches(st, reference(x))
+    relu = TensorStats()
+    relu.update(np.maximum(x, 0))
+    assert_matches(relu, reference(np.maximum(x, 0)))
+
+
+def test_concurrent_updates_in_threads_equal_sequential_ones(images):
+    """Scratch buffers are per thread: tensors folded in parallel threads get exactly the sequential result."""
+    from concurrent.futures import ThreadPoolExecutor
+    big = [np.concatenate([x.ravel()] * 400) * (i + 1) for i, x in enumerate(images[:4])]
+    sequential = [TensorStats() for _ in big]
+    for st, x in zip(sequential, big):
+        for _ in range(3):
+            st.update(x)
+    parallel = [TensorStats() for _ in big]
+
+    def fold(i):
+        for _ in range(3):
+            parallel[i].update(big[i])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(fold, range(len(big))))
+    for a, b in zip(sequential, parallel):
+        np.testing.assert_array_equal(a.pos, b.pos)
+        np.testing.assert_array_equal(a.neg, b.neg)
+        assert (a.zeros, a.count, a.range, a.sum, a.sumsq) == (b.zeros, b.count, b.range, b.sum, b.sumsq)
+    ref = reference(np.concatenate([big[0]] * 3))  # and the histogram is the direct single-pass one
+    np.testing.assert_array_equal(parallel[0].pos, ref["pos"])
+    np.testing.assert_array_equal(parallel[0].neg, ref["neg"])
+    assert (parallel[0].zeros, parallel[0].range) == (ref["zeros"], ref["range"])
