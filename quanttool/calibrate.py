@@ -79,8 +79,9 @@ def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Pat
         stats, cached = load_stats(stats_path)
         for key in ("model_sha256", "preprocess", "image_set"):
             if cached.get(key) != meta[key]:
-                raise QuantError(f"{stats_path}: cached statistics were made with a different {key.replace('_', ' ')} "
-                                 f"({cached.get(key)!r}, now {meta[key]!r}); delete the file or pass another --stats path")
+                raise QuantError(f"{stats_path}: cached statistics were made with a different "
+                                 f"{key.replace('_', ' ')} ({cached.get(key)!r}, now {meta[key]!r}); "
+                                 f"delete the file or pass another --stats path")
         return stats, cached
     report = LoadReport()
     shared = {src for src, _ in rules.shared_inputs(model)}

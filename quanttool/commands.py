@@ -12,14 +12,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
 from .errors import QuantError, UsageError
 from .fileio import atomic_open, check_distinct, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
-from .observe import activation_names, observe
+from .observe import observe
 from .qparams import QParam
 from .table import read_table, write_table
 

@@ -13,11 +13,9 @@ Prints, side by side:
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench_common import ROOT, median_time, mobilenet
