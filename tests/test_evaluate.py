@@ -280,3 +280,28 @@ def test_html_without_matplotlib(setup, tmp_path, monkeypatch):
     text = path.read_text()
     assert "data:image/png" not in text and PLOT_HINT in text
     assert text.count("<tr class=") == len(report.layers)
+
+
+def test_float32_row_sums_match_float64():
+    """sumsq / ChannelSimilarity add float32 row sums in float64. Positive terms summed in float32 lose at most
+    k * 2^-24 relative over k terms per accumulator; rows are <= 16384 values spread over >= 8 SIMD lanes, so
+    k <= 2048 and the bound is 1.2e-4 (typical error sqrt(k) * 2^-24 ~ 3e-6)."""
+    from quanttool.evaluate.metrics import ChannelSimilarity, Similarity
+
+    ref = (RNG.standard_normal((2, 24, 112, 112)) * RNG.uniform(0.1, 10, (1, 24, 1, 1))).astype(np.float32)
+    q = (ref + RNG.standard_normal(ref.shape).astype(np.float32) * 0.05).astype(np.float32)
+    tail = ref.reshape(-1)[: 4096 * 3 + 77]  # whole blocks plus a tail
+    f64 = lambda x: float(np.sum(x.astype(np.float64) ** 2))  # noqa: E731
+    sim = Similarity()
+    sim.update(ref, q)
+    sim2 = Similarity()
+    sim2.update(tail, tail * np.float32(0.5))
+    assert sim.ref2 == pytest.approx(f64(ref), rel=1.2e-4)
+    assert sim.err2 == pytest.approx(f64(ref - q), rel=1.2e-4)
+    assert sim2.ref2 == pytest.approx(f64(tail), rel=1.2e-4)
+    assert sim.sqnr_db == pytest.approx(sqnr(ref, q), abs=1e-3)
+    chan = ChannelSimilarity()
+    totals = chan.update(ref, q)
+    per_channel = [cos(ref[:, c], q[:, c]) for c in range(ref.shape[1])]
+    assert chan.cosines() == pytest.approx(per_channel, abs=1e-7)
+    assert totals[2] == pytest.approx(f64(ref - q), rel=1.2e-4)

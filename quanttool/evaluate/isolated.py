@@ -5,9 +5,9 @@ A clone reads fake-quantized copies of the op's fp32 activation inputs (Quantize
 with the table's parameters), and its weights, bias and constant operands as the converter stores them:
 int8 (int32 for a bias) initializers behind DequantizeLinear, recomputed with the converter's own plan and
 weight functions, so the numbers are the same. An absorbed Relu/Clip is cloned after it, then the output is
-fake-quantized with its own parameters. onnxruntime may run a clone's DQ -> op -> Q group with its int8
-kernel, exactly as it does in the int8 model. New names carry the suffix `__eval`, which the converter never
-uses.
+fake-quantized with its own parameters. evaluate runs this model with onnxruntime's QDQ handling off, so
+each clone is a float op on the dequantized weights (fake-quant arithmetic; see run.py). New names carry the
+suffix `__eval`, which the converter never uses.
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ class _Graph:
 
     def dequantized(self, base: str, q: np.ndarray, scale: np.ndarray, axis: int | None,
                     nodes: list[onnx.NodeProto], zero_point: int = 0) -> str:
-        """A constant as the converter stores it (int8/int32 + DequantizeLinear), so onnxruntime treats the
-        clone like the int8 model's node. Float weights would not do: onnxruntime 1.32 quantizes the float
-        weight of a DQ -> Conv -> Q group itself, with its own (per-tensor) scale."""
+        """A constant as the converter stores it (int8/int32 + DequantizeLinear): onnxruntime folds the
+        DequantizeLinear into a float initializer with its own arithmetic, the int8 model's dequantized value."""
         scale = np.asarray(scale, dtype=np.float32)
         names = [self.constant(f"{base}_quantized", q), self.constant(f"{base}_scale", scale),
                  self.constant(f"{base}_zero_point", np.full(scale.shape, zero_point, dtype=q.dtype))]

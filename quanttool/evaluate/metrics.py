@@ -6,6 +6,7 @@ For a reference r (fp32 model) and an approximation q (int8 model, dequantized) 
   The identity saves one reduction per tensor; all three sums are float64 so the cancellation is harmless
   (an fp32 dot product would get 1 - cosine wrong by tens of percent on a 1M-element tensor).
 These are global over the images (one long vector), not an average of per-image values as Tengine prints.
+Sums of squares are float32 over rows of at most a few thousand values, then float64 (see row_sumsq).
 """
 
 from __future__ import annotations
@@ -16,10 +17,28 @@ from dataclasses import dataclass
 import numpy as np
 
 
+ROW = 16384  # longest row summed in float32
+BLOCK = 4096  # row length a whole tensor is cut into
+
+
+def row_sumsq(rows: np.ndarray) -> np.ndarray:
+    """sum x^2 of each row of a float32 [m, k] array, as float64.
+
+    Rows up to ROW values are summed in float32 by BLAS dot products (SIMD lanes of a few hundred terms each:
+    relative error ~1e-6 typical, < 3e-5 bound), and the row sums added in float64: about 10x faster than a
+    float64 reduction, and far below the 0.1 dB / 5 decimals the report shows. Longer rows: float64."""
+    if rows.shape[1] > ROW:
+        return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    return np.matmul(rows[:, None, :], rows[:, :, None]).reshape(rows.shape[0]).astype(np.float64)
+
+
 def sumsq(x: np.ndarray) -> float:
-    """sum x^2 in float64 without a float64 copy of x."""
-    flat = x.reshape(-1)
-    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+    """sum x^2 in float64 from float32 partial sums over BLOCK-value rows (see row_sumsq)."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    head = flat.size - flat.size % BLOCK
+    total = float(row_sumsq(flat[:head].reshape(-1, BLOCK)).sum()) if head else 0.0
+    tail = flat[head:].astype(np.float64)
+    return total + float(np.dot(tail, tail))
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -50,15 +69,18 @@ class Similarity:
     count: int = 0
     max_abs: float = 0.0
 
-    def update(self, ref: np.ndarray, q: np.ndarray, track_max: bool = False) -> None:
+    def update(self, ref: np.ndarray, q: np.ndarray, track_max: bool = False, ref2: float | None = None) -> float:
+        """Fold one image in; `ref2`, when given, is sum ref^2 already computed. Returns sum ref^2."""
         ref = np.asarray(ref, dtype=np.float32)
         q = np.asarray(q, dtype=np.float32)
         if ref.shape != q.shape:
             raise ValueError(f"shape {q.shape} differs from the reference's {ref.shape}")
         diff = ref - q
-        self.add(sumsq(ref), sumsq(q), sumsq(diff), ref.size)
+        ref2 = sumsq(ref) if ref2 is None else ref2
+        self.add(ref2, sumsq(q), sumsq(diff), ref.size)
         if track_max and diff.size:
             self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
+        return ref2
 
     def add(self, ref2: float, q2: float, err2: float, count: int) -> None:
         self.ref2 += ref2
@@ -94,9 +116,11 @@ class ChannelSimilarity:
         if ref.shape != q.shape:
             raise ValueError(f"shape {q.shape} differs from the reference's {ref.shape}")
         n, c = ref.shape[0], ref.shape[1]
-        r = ref.reshape(n, c, -1)
-        a = q.reshape(n, c, -1)
-        sums = [np.einsum("ncx,ncx->c", x, x, dtype=np.float64) for x in (r, a, r - a)]
+        rows = n * c
+        length = ref.size // rows if rows else 0
+        r = np.ascontiguousarray(ref).reshape(rows, length)
+        a = np.ascontiguousarray(q).reshape(rows, length)
+        sums = [row_sumsq(x).reshape(n, c).sum(axis=0) for x in (r, a, r - a)]
         if self.ref2 is None:
             self.ref2, self.q2, self.err2 = (np.zeros(c) for _ in range(3))
         elif self.ref2.shape[0] != c:
