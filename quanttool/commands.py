@@ -157,16 +157,18 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
             check_distinct(path, model, quantized, table, option="--json/--report")
     inputs = Inputs(model, **options)
     label_map = ev.read_labels(labels) if labels is not None else None
-    static, dynamic = inputs.static(), inputs.dynamic()
+    # One preparation serves both sides: the static graph has the same node and tensor names as the dynamic
+    # one convert rewrote, so converting it again lists the same quantized ops.
+    static = inputs.static()
     if quantized is not None:
         int8 = prep.load_model(quantized)
         recipe = read_recipe(int8, quantized)
         params = recipe["table"]
-        result = convert(dynamic, params, fmt=recipe["format"], exclude=recipe["exclude"],
+        result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
                          bits=recipe["weight_bits"])
     else:
-        params = _load_table(table, dynamic)
-        result = convert(dynamic, params, fmt=fmt)
+        params = _load_table(table, static)
+        result = convert(static, params, fmt=fmt)
         int8 = result.model
     samples = discover(inputs.roots, inputs.max_images)
     loaded = LoadReport()
