@@ -77,19 +77,21 @@ def main() -> None:
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         score("onnxruntime quantize_static (MinMax, per-channel, QDQ)", ort_int8)
-        for algorithm in ("minmax", "kl", "aciq", "percentile", "mse"):
-            for weight_bits in (8, 7):
-                out = tmp / f"{algorithm}{weight_bits}.onnx"
-                convert_model(MODEL, out, None, Settings(algorithm=algorithm), fmt="qdq", exclude=(),
-                              params_path=None, weight_bits=weight_bits, images=[str(ROOT / "calibration_data")],
-                              max_images=None, **PRE)
-                score(f"quanttool -a {algorithm}" + (" --reduce-range" if weight_bits == 7 else ""), out)
+        recipes = [(a, "auto", bits) for a in ("minmax", "kl", "aciq", "percentile", "mse") for bits in (8, 7)]
+        recipes += [(a, "asymmetric", 8) for a in ("minmax", "percentile")]
+        for algorithm, scheme, weight_bits in recipes:
+            out = tmp / f"{algorithm}{scheme}{weight_bits}.onnx"
+            convert_model(MODEL, out, None, Settings(algorithm=algorithm, scheme=scheme), fmt="qdq", exclude=(),
+                          params_path=None, weight_bits=weight_bits, images=[str(ROOT / "calibration_data")],
+                          max_images=None, stats_path=tmp / "stats.npz", **PRE)
+            score(f"quanttool -a {algorithm}" + (f" --scheme {scheme}" if scheme != "auto" else "")
+                  + (" --reduce-range" if weight_bits == 7 else ""), out)
 
     print(f"{'model':58s} | {'top-1 %':>7s} {'SQNR dB':>7s} | {'top-1 %':>7s} {'SQNR dB':>7s}")
     print(f"{'':58s} | {'exact int8 session':>15s} | {'default session':>15s}")
     for name, acc, sqnr, acc_d, sqnr_d in rows:
-        tail = f"{acc_d:7.2f} {sqnr_d:7.2f}" if acc_d is not None else f"{'':7s} {'':7s}"
-        print(f"{name:58s} | {acc:7.2f} {sqnr:7.2f} | {tail}")
+        tail = f"{acc_d:7.2f} {sqnr_d:7.3f}" if acc_d is not None else f"{'':7s} {'':7s}"
+        print(f"{name:58s} | {acc:7.2f} {sqnr:7.3f} | {tail}")
 
 
 if __name__ == "__main__":
