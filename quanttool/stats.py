@@ -8,11 +8,20 @@ Why the histogram is exact for any order: a value x > 0 goes to bin floor(x / R 
 of two, so x * BINS / R is computed without rounding, and doubling R halves the bin index:
 floor(x / (2R) * BINS) == floor(floor(x / R * BINS) / 2). Merging adjacent bin pairs on every doubling
 therefore gives exactly the histogram a single pass with the final R would give, whatever the order of the
-images and however they are split into batches. Negative values are binned the same way on -x.
+images and however they are split into batches. Negative values are binned the same way on -x. The one
+exception is |x| == R itself, clipped into the top bin BINS - 1: at 2R it belongs to bin BINS / 2, not
+(BINS - 1) // 2, so those values are counted apart (edge_pos, edge_neg) and moved up on the first doubling.
+
+The per-tensor pass runs in a small C kernel (_statskernel.c, built at install time, loaded with ctypes, which
+releases the GIL while it runs) when it is available, and in numpy otherwise; both give the same histograms,
+counts, min and max, and sums that differ only in float64 summation order (x * x is taken in float64 by both).
+Set QUANTTOOL_NO_KERNEL=1 to force the numpy path.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import math
 import os
 import threading
@@ -29,8 +38,30 @@ BINS = 2048  # per sign; a power of two (see the module docstring)
 _CHUNK = 1 << 15
 _LANES = 4                # interleaved copies of the histogram in `update` (see there)
 _SLOTS = 2 * BINS + 1     # signed bin indices -BINS..BINS, offset by BINS
-_FORMAT = "quanttool-stats-1"
-_SCALARS = ("count", "numel", "samples", "zeros", "min", "max", "sum", "sumsq", "sumabs", "range")
+_FORMAT = "quanttool-stats-2"  # 2: edge counts added
+_SCALARS = ("count", "numel", "samples", "zeros", "edge_pos", "edge_neg", "min", "max", "sum", "sumsq", "sumabs",
+            "range")
+_INTEGERS = ("count", "numel", "samples", "zeros", "edge_pos", "edge_neg")
+
+
+def _load_kernel():
+    """qt_fold from the compiled _statskernel library, or None (not built, not loadable, or disabled)."""
+    if os.environ.get("QUANTTOOL_NO_KERNEL", "") not in ("", "0"):
+        return None
+    try:
+        spec = importlib.util.find_spec(f"{__package__}._statskernel")
+        if spec is None or not spec.origin:
+            return None
+        fold = ctypes.CDLL(spec.origin).qt_fold
+    except (OSError, AttributeError, ImportError):
+        return None
+    fold.restype = ctypes.c_int
+    fold.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_double),
+                     ctypes.c_void_p, ctypes.c_void_p]
+    return fold
+
+
+_KERNEL = _load_kernel()  # tests set this to None to exercise the numpy path
 
 
 class _Buffers(threading.local):
@@ -38,6 +69,7 @@ class _Buffers(threading.local):
 
     def __init__(self) -> None:
         self.f32 = np.empty(_CHUNK, np.float32)
+        self.f64 = np.empty(_CHUNK, np.float64)
         self.mask = np.empty(_CHUNK, np.bool_)
         self.index = np.empty(_CHUNK, np.int64)
         self.lanes = (np.arange(_CHUNK) % _LANES) * _SLOTS + BINS  # lane offset plus the sign offset BINS
@@ -52,19 +84,88 @@ def _power_of_two_at_least(value: float) -> float:
     return math.ldexp(1.0, exponent - 1) if mantissa == 0.5 else math.ldexp(1.0, exponent)
 
 
-def _halve_bins(hist: np.ndarray) -> np.ndarray:
-    """The histogram for twice the range: new[i] = old[2i] + old[2i+1] in the lower half, zeros above."""
+def _halve_bins(hist: np.ndarray, edge: int) -> np.ndarray:
+    """The histogram for twice the range: new[i] = old[2i] + old[2i+1] in the lower half, zeros above; the
+    `edge` values equal to the old range move from the top bin to their own bin BINS / 2."""
     out = np.zeros_like(hist)
     out[: hist.size // 2] = hist.reshape(-1, 2).sum(axis=1)
+    out[BINS // 2 - 1] -= edge
+    out[BINS // 2] += edge
     return out
 
 
-def _bins_at(hist: np.ndarray, rng: float, target: float) -> np.ndarray:
+def _bins_at(hist: np.ndarray, rng: float, target: float, edge: int) -> np.ndarray:
     """`hist` over (0, rng] re-expressed over (0, target], target = rng * 2**k with k >= 0."""
     while rng < target:
-        hist = _halve_bins(hist)
-        rng *= 2.0
+        hist = _halve_bins(hist, edge)
+        edge, rng = 0, rng * 2.0
     return hist
+
+
+def _fold_numpy(flat: np.ndarray, rng: float) -> tuple:
+    """The numpy twin of qt_fold in _statskernel.c (see there): (lo, hi, zeros, sum, sumsq, sumabs, R, pos, neg),
+    pos and neg with BINS + 1 bins at the returned R, the last one counting |x| == R."""
+    lo, hi = float(flat.min()), float(flat.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # min/max propagate NaN, so this catches it too
+        raise ValueError("contains NaN or Inf")
+    absmax = max(-lo, hi)
+    if absmax > 0.0:
+        rng = _power_of_two_at_least(max(absmax, rng))
+
+    add, f64 = np.add.reduce, np.float64
+    scale = BINS / rng if rng else 0.0
+    # BINS / R is a power of two; in float32 it stays exact unless R is tiny, where float64 takes over.
+    work = np.float32 if 0.0 < scale < 2.0**120 else np.float64
+    scale = work(scale)
+    signed = lo < 0.0
+    buf = _BUFFERS
+    hist = np.zeros(_LANES * _SLOTS, np.int64)
+    total = sq = absolute = 0.0
+    negatives = zeros = 0
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        n = part.size
+        f32, mask, index = buf.f32[:n], buf.mask[:n], buf.index[:n]
+        plus = add(part, dtype=f64)
+        sq += add(np.multiply(part, part, out=buf.f64[:n], dtype=f64))  # squared in float64, exactly
+        total += plus
+        if signed:
+            absolute += add(np.abs(part, out=f32), dtype=f64)
+            negatives += int(np.count_nonzero(np.less(part, 0, out=mask)))
+        else:
+            absolute += plus
+        zeros += int(np.count_nonzero(np.equal(part, 0, out=mask)))
+        if absmax > 0.0:
+            # trunc(x * BINS / R) is floor(|x| * BINS / R) with the sign of x: bin k of pos lands at
+            # BINS + k, bin k of neg at BINS - k; the shared slot BINS (bin 0 of both, and the zeros) is
+            # split below from the counts of negatives and zeros. Neighbouring values go to different
+            # copies of the histogram (lanes): runs of equal bins (the zeros of a ReLU) would otherwise
+            # make every increment wait for the previous one.
+            if work is np.float32:
+                np.copyto(index, np.multiply(part, scale, out=f32), casting="unsafe")
+            else:
+                np.copyto(index, np.multiply(part, scale, dtype=work), casting="unsafe")
+            index += buf.lanes[:n]
+            hist += np.bincount(index, minlength=_LANES * _SLOTS)
+    hist = hist.reshape(_LANES, _SLOTS).sum(axis=0)
+    pos = hist[BINS:].copy()
+    neg = hist[BINS::-1].copy()
+    if absmax > 0.0:  # otherwise nothing was binned
+        neg_zero = negatives - int(neg[1:].sum())
+        pos[0] -= neg_zero + zeros
+        neg[0] = neg_zero
+    return lo, hi, zeros, float(total), float(sq), float(absolute), rng, pos, neg
+
+
+def _fold_kernel(flat: np.ndarray, rng: float) -> tuple:
+    """`_fold_numpy` in C: the same results in one pass, without the GIL."""
+    hist = np.zeros(2 * (BINS + 1), np.int64)
+    moments = np.empty(6, np.float64)
+    box = ctypes.c_double(rng)
+    if _KERNEL(flat.ctypes.data, flat.size, BINS, ctypes.byref(box), hist.ctypes.data, moments.ctypes.data):
+        raise ValueError("contains NaN or Inf")
+    lo, hi, zeros, total, sq, absolute = moments.tolist()
+    return lo, hi, int(zeros), total, sq, absolute, box.value, hist[:BINS + 1], hist[BINS + 1:]
 
 
 @dataclass
@@ -78,6 +179,8 @@ class TensorStats:
     sumsq: float = 0.0
     sumabs: float = 0.0
     zeros: int = 0          # exact zeros, counted apart from the histograms (ReLU outputs are full of them)
+    edge_pos: int = 0       # values x == R (in pos[BINS - 1]); see the module docstring
+    edge_neg: int = 0       # values x == -R (in neg[BINS - 1])
     range: float = 0.0      # R: a power of two, 0 until a non-zero value is seen
     pos: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # x > 0 over (0, R]
     neg: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # -x for x < 0, over (0, R]
@@ -121,82 +224,42 @@ class TensorStats:
             self.range = target
             return
         while self.range < target:
-            self.pos = _halve_bins(self.pos)
-            self.neg = _halve_bins(self.neg)
+            self.pos = _halve_bins(self.pos, self.edge_pos)
+            self.neg = _halve_bins(self.neg, self.edge_neg)
+            self.edge_pos = self.edge_neg = 0
             self.range *= 2.0
 
     def update(self, x: np.ndarray, batch: int = 1) -> None:
         """Fold one tensor (a batch of `batch` samples) into the statistics.
 
-        Raises ValueError("contains NaN or Inf"); the caller names the tensor and the image.
+        Raises ValueError("contains NaN or Inf") and leaves the statistics unchanged; the caller names the
+        tensor and the image.
         """
         flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if flat.size:
+            fold = _fold_kernel if _KERNEL is not None else _fold_numpy
+            lo, hi, zeros, total, sq, absolute, target, pos, neg = fold(flat, self.range)
         if self.samples == 0:
             self.numel = flat.size // max(int(batch), 1)
         self.samples += int(batch)
         if flat.size == 0:
             return
-        lo, hi = float(flat.min()), float(flat.max())
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # min/max propagate NaN, so this catches it too
-            raise ValueError("contains NaN or Inf")
-        absmax = max(-lo, hi)
-        if absmax > 0.0:
-            self._grow(_power_of_two_at_least(max(absmax, self.range)))
-
-        add, f64 = np.add.reduce, np.float64
-        scale = BINS / self.range if self.range else 0.0
-        # BINS / R is a power of two; in float32 it stays exact unless R is tiny, where float64 takes over.
-        work = np.float32 if 0.0 < scale < 2.0**120 else np.float64
-        scale = work(scale)
-        signed = lo < 0.0
-        buf = _BUFFERS
-        hist = np.zeros(_LANES * _SLOTS, np.int64)
-        total = sq = absolute = 0.0
-        negatives = zeros = 0
-        for start in range(0, flat.size, _CHUNK):
-            part = flat[start:start + _CHUNK]
-            n = part.size
-            f32, mask, index = buf.f32[:n], buf.mask[:n], buf.index[:n]
-            plus = add(part, dtype=f64)
-            sq += add(np.square(part, out=f32), dtype=f64)  # squares rounded to float32, summed in float64
-            total += plus
-            if signed:
-                absolute += add(np.abs(part, out=f32), dtype=f64)
-                negatives += int(np.count_nonzero(np.less(part, 0, out=mask)))
-            else:
-                absolute += plus
-            zeros += int(np.count_nonzero(np.equal(part, 0, out=mask)))
-            if absmax > 0.0:
-                # trunc(x * BINS / R) is floor(|x| * BINS / R) with the sign of x: bin k of pos lands at
-                # BINS + k, bin k of neg at BINS - k; the shared slot BINS (bin 0 of both, and the zeros) is
-                # split below from the counts of negatives and zeros. Neighbouring values go to different
-                # copies of the histogram (lanes): runs of equal bins (the zeros of a ReLU) would otherwise
-                # make every increment wait for the previous one.
-                if work is np.float32:
-                    np.copyto(index, np.multiply(part, scale, out=f32), casting="unsafe")
-                else:
-                    np.copyto(index, np.multiply(part, scale, dtype=work), casting="unsafe")
-                index += buf.lanes[:n]
-                hist += np.bincount(index, minlength=_LANES * _SLOTS)
-        hist = hist.reshape(_LANES, _SLOTS).sum(axis=0)
-        # |x| == R lands on bin BINS; it belongs to the top bin BINS - 1.
-        pos = hist[BINS:].copy()
-        pos[BINS - 1] += pos[BINS]
-        neg = hist[BINS::-1].copy()
-        neg[BINS - 1] += neg[BINS]
-        neg_zero = negatives - int(neg[1:BINS].sum())
-        pos[0] -= neg_zero + zeros
-        neg[0] = neg_zero
-        if absmax > 0.0:
+        if target > 0.0:
+            self._grow(target)
+            # |x| == R (bin BINS) belongs to the top bin BINS - 1, and is remembered for later doublings.
             self.pos += pos[:BINS]
+            self.pos[BINS - 1] += pos[BINS]
             self.neg += neg[:BINS]
+            self.neg[BINS - 1] += neg[BINS]
+            self.edge_pos += int(pos[BINS])
+            self.edge_neg += int(neg[BINS])
 
         self.count += flat.size
         self.zeros += zeros
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-        self.sum += float(total)
-        self.sumsq += float(sq)
-        self.sumabs += float(absolute)
+        self.sum += total
+        self.sumsq += sq
+        self.sumabs += absolute
 
     def merge(self, other: TensorStats) -> None:
         """Add the statistics of `other` (e.g. from another worker) into these."""
@@ -206,8 +269,11 @@ class TensorStats:
             self.numel = other.numel
         if other.range:
             self._grow(max(other.range, self.range))
-            self.pos += _bins_at(other.pos, other.range, self.range)
-            self.neg += _bins_at(other.neg, other.range, self.range)
+            self.pos += _bins_at(other.pos, other.range, self.range, other.edge_pos)
+            self.neg += _bins_at(other.neg, other.range, self.range, other.edge_neg)
+            if other.range == self.range:
+                self.edge_pos += other.edge_pos
+                self.edge_neg += other.edge_neg
         self.count += other.count
         self.samples += other.samples
         self.zeros += other.zeros
@@ -243,7 +309,7 @@ def save_stats(path: str | os.PathLike, stats: dict[str, TensorStats], meta: dic
         "neg": np.array([s.neg for s in items], np.int64).reshape(len(items), BINS),
     }
     for key in _SCALARS:
-        dtype = np.int64 if key in ("count", "numel", "samples", "zeros") else np.float64
+        dtype = np.int64 if key in _INTEGERS else np.float64
         arrays[key] = np.array([getattr(s, key) for s in items], dtype)
     arrays["names"], arrays["name_ends"] = _pack_strings(names)
     arrays["meta_keys"], arrays["meta_key_ends"] = _pack_strings(list(meta))

@@ -5,8 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from quanttool import stats as stats_module
 from quanttool.errors import QuantError
 from quanttool.stats import BINS, TensorStats, load_stats, save_stats
+
+KERNEL = stats_module._KERNEL
+
+
+@pytest.fixture(autouse=True, params=["kernel", "numpy"])
+def fold_path(request, monkeypatch):
+    """Every test runs with the C kernel and with the numpy fallback (QUANTTOOL_NO_KERNEL=1 has the same effect)."""
+    if request.param == "kernel" and KERNEL is None:
+        pytest.skip("C kernel not built")
+    monkeypatch.setattr(stats_module, "_KERNEL", KERNEL if request.param == "kernel" else None)
+    return request.param
 
 
 def reference(values: np.ndarray) -> dict:
@@ -146,7 +158,8 @@ def test_save_load_round_trip_with_any_names(tmp_path, images):
         got = loaded[name]
         np.testing.assert_array_equal(got.pos, st.pos)
         np.testing.assert_array_equal(got.neg, st.neg)
-        for key in ("count", "numel", "samples", "zeros", "min", "max", "sum", "sumsq", "sumabs", "range"):
+        for key in ("count", "numel", "samples", "zeros", "min", "max", "sum", "sumsq", "sumabs", "range",
+                    "edge_pos", "edge_neg"):
             assert getattr(got, key) == getattr(st, key)
 
 
@@ -204,3 +217,73 @@ def test_concurrent_updates_in_threads_equal_sequential_ones(images):
     np.testing.assert_array_equal(parallel[0].pos, ref["pos"])
     np.testing.assert_array_equal(parallel[0].neg, ref["neg"])
     assert (parallel[0].zeros, parallel[0].range) == (ref["zeros"], ref["range"])
+
+
+def test_values_equal_to_the_range_stay_exact_when_it_doubles(tmp_path):
+    """|x| == R sits in the top bin; once R doubles it must land in bin BINS / 2 like a direct pass puts it."""
+    values = [np.array([0.25, -0.25, 0.1], np.float32), np.array([1.0, -0.5], np.float32),
+              np.array([-4.0, 3.0], np.float32)]
+    ref = reference(np.concatenate(values))            # R = 4: 0.25 -> bin 128, 0.5 -> 256, 1.0 -> 512
+    assert ref["pos"][128] == 1 and ref["neg"][128] == 1 and ref["neg"][256] == 1
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        st = TensorStats()
+        for i in order:
+            st.update(values[i])
+        assert_matches(st, ref)
+    first, second = TensorStats(), TensorStats()     # edges survive a file round trip and a merge
+    first.update(values[0])
+    path = tmp_path / "edge.npz"
+    save_stats(path, {"t": first}, {})
+    loaded = load_stats(path)[0]["t"]
+    assert (loaded.edge_pos, loaded.edge_neg) == (1, 1)
+    second.update(values[1])
+    second.update(values[2])
+    loaded.merge(second)
+    assert_matches(loaded, ref)
+
+
+def test_zero_tensor_after_a_range_is_set_adds_only_zeros():
+    st = TensorStats()
+    st.update(np.array([2.0, -1.0], np.float32))
+    st.update(np.zeros(70000, np.float32))
+    assert_matches(st, reference(np.concatenate([[2.0, -1.0], np.zeros(70000)])))
+
+
+def test_nan_deep_in_a_long_tensor_raises_and_changes_nothing():
+    st = TensorStats()
+    st.update(np.ones(10, np.float32))
+    x = np.linspace(-3, 3, 50000, dtype=np.float32)
+    x[41234] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        st.update(x)
+    assert (st.count, st.samples, st.range, int(st.pos.sum()), st.max) == (10, 1, 1.0, 10, 1.0)
+
+
+@pytest.mark.skipif(KERNEL is None, reason="C kernel not built")
+@pytest.mark.parametrize("kind", ["signed", "relu", "tiny", "huge", "subnormal"])
+def test_kernel_and_numpy_paths_agree(kind, monkeypatch, fold_path):
+    if fold_path == "numpy":
+        pytest.skip("compares both paths itself")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(3 * stats_module._CHUNK + 777).astype(np.float32)
+    x[:5000] = np.round(x[:5000] * 4) / 4          # values on bin edges
+    x = {"signed": x, "relu": np.maximum(x, 0), "tiny": x * np.float32(1e-30), "huge": x * np.float32(1e36),
+         "subnormal": x * np.float32(1e-42)}[kind].astype(np.float32)
+    assert np.isfinite(x).all()
+    parts = np.array_split(x, [1000, 70000])       # R grows between updates, and inside the first kernel call
+    results = []
+    for kernel in (KERNEL, None):
+        monkeypatch.setattr(stats_module, "_KERNEL", kernel)
+        st = TensorStats()
+        for part in parts[::-1]:
+            st.update(part)
+        results.append(st)
+    fast, slow = results
+    assert fast.range == slow.range
+    np.testing.assert_array_equal(fast.pos, slow.pos)
+    np.testing.assert_array_equal(fast.neg, slow.neg)
+    assert (fast.count, fast.zeros, fast.min, fast.max, fast.edge_pos, fast.edge_neg) == \
+           (slow.count, slow.zeros, slow.min, slow.max, slow.edge_pos, slow.edge_neg)
+    for key in ("sum", "sumsq", "sumabs"):
+        assert getattr(fast, key) == pytest.approx(getattr(slow, key), rel=1e-12, abs=0)
+    assert_matches(fast, reference(x))
