@@ -17,6 +17,12 @@ class UsageError(QuantError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """Library messages (onnxruntime, onnx) run over many lines; the first says what went wrong."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def warn(message: str) -> None:
     """Print a one-line warning on stderr without breaking an active tqdm progress bar."""
     try:

@@ -5,23 +5,29 @@ from __future__ import annotations
 import onnx
 import onnxruntime as ort
 
-from .errors import QuantError
+from .errors import QuantError, first_line
 
 
-def session(model: onnx.ModelProto, threads: int = 0, what: str = "model") -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int = 0, what: str = "model",
+            config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """A CPU session; `config` adds onnxruntime session config entries (e.g. session.disable_quant_qdq)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
     options.log_severity_level = 3  # onnxruntime's warnings would break the progress bars
-    # Keep int8 QDQ as int8: by default onnxruntime on x86 rewrites it to uint8 and runs U8S8 kernels that
-    # saturate on CPUs without VNNI (the demo lost 7 points of accuracy that way). See README, "Running".
-    options.add_session_config_entry("session.qdqisint8allowed", "1")
-    # quanttool alternates sessions and numpy work on few cores; spinning threads would steal those cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    entries = {
+        # Keep int8 QDQ as int8: by default onnxruntime on x86 rewrites it to uint8 and runs U8S8 kernels that
+        # saturate on CPUs without VNNI (the demo lost 7 points of accuracy that way). README, "Running".
+        "session.qdqisint8allowed": "1",
+        # quanttool alternates sessions and numpy work on few cores; spinning threads would steal those cores.
+        "session.intra_op.allow_spinning": "0",
+        **(config or {}),
+    }
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantError(f"{what}: onnxruntime cannot load it: {first}") from None
+        raise QuantError(f"{what}: onnxruntime cannot load it: {first_line(exc)}") from None
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -30,11 +30,10 @@ from typing import Iterable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from ..errors import QuantError
+from ..errors import QuantError, first_line
 from ..qparams import QParam, qrange
 from ..rewrite.plan import QuantizedOp
 from ..runtime import session, with_outputs
@@ -184,19 +183,10 @@ def _rank_key(layer: LayerReport) -> tuple[float, int]:
 
 
 def _float_session(model: onnx.ModelProto, threads: int, what: str):
-    """runtime.session with onnxruntime's QDQ handling off: Q/DQ run as plain ops and DequantizeLinear of
-    constant weights folds into float initializers, so the isolated clones run as float convs (fake-quant
-    arithmetic) beside the fp32 graph instead of with the int8 kernels (2-3x slower on AVX2)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(0, int(threads))
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.disable_quant_qdq", "1")
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several unrelated exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantError(f"{what}: onnxruntime cannot load it: {first}") from None
+    """A session with onnxruntime's QDQ handling off: Q/DQ run as plain ops and DequantizeLinear of constant
+    weights folds into float initializers, so the isolated clones run as float convs (fake-quant arithmetic)
+    beside the fp32 graph instead of with the int8 kernels (2-3x slower on AVX2)."""
+    return session(model, threads, what, config={"session.disable_quant_qdq": "1"})
 
 
 def _feeds_for(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,8 +198,7 @@ def _run(sess, names: list[str], feeds: dict[str, np.ndarray], key: str, what: s
     try:
         values = sess.run(names, _feeds_for(sess, feeds))
     except Exception as exc:  # onnxruntime raises several unrelated exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantError(f"image {key}: the {what} failed to run: {first}") from None
+        raise QuantError(f"image {key}: the {what} failed to run: {first_line(exc)}") from None
     return dict(zip(names, values))
 
 

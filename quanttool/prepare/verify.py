@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import onnx
 
-from ..errors import QuantError, warn
+from ..errors import QuantError, first_line, warn
+from ..runtime import session
 from .load import clamp_ir
 from .shapes import model_inputs
 
@@ -47,16 +48,12 @@ def random_feeds(model: onnx.ModelProto, specs: list | None) -> dict[str, np.nda
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
     if model.ir_version > 10:  # the caller's model may not have come through load_model
         model = onnx.ModelProto.FromString(model.SerializeToString())
         clamp_ir(model)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [out.name for out in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    sess = session(model)
+    names = [out.name for out in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
 
 
 def mismatch(expected: np.ndarray, got: np.ndarray) -> str | None:
@@ -87,13 +84,13 @@ def verify_prepared(original: onnx.ModelProto, prepared: onnx.ModelProto, specs:
     try:
         expected = _run(original, feeds)
     except Exception as error:
-        warn(f"{name}: onnxruntime cannot run the original model ({str(error).splitlines()[0][:200]}); "
+        warn(f"{name}: onnxruntime cannot run the original model ({first_line(error)[:200]}); "
              "graph preparation not verified")
         return
     try:
         got = _run(prepared, feeds)
     except Exception as error:
-        raise QuantError(f"{name}: onnxruntime cannot run the prepared graph ({str(error).splitlines()[0][:200]}); "
+        raise QuantError(f"{name}: onnxruntime cannot run the prepared graph ({first_line(error)[:200]}); "
                          "this is a quanttool bug, please report it with the model") from None
     for output, value in expected.items():
         if not np.issubdtype(value.dtype, np.floating):

@@ -32,7 +32,7 @@ from typing import Sequence
 import onnx
 from onnx import helper
 
-from ..errors import QuantError, UsageError
+from ..errors import QuantError, UsageError, first_line
 from .builder import Builder
 from .params import hardware_params
 from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
@@ -71,7 +71,7 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         out = onnx.version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:
         raise QuantError(f"model is at opset {opset} and converting it to opset {MIN_OPSET} (needed for per-channel "
-                         f"int8) failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                         f"int8) failed: {first_line(exc)}; "
                          f"re-export the model at opset >= {MIN_OPSET}") from None
     out.ir_version = max(model.ir_version, 7)  # opset 13 needs IR 7
     return out
@@ -122,7 +122,7 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise QuantError(f"internal error: the int8 model fails the ONNX checker: {str(exc).splitlines()[0]}; "
+        raise QuantError(f"internal error: the int8 model fails the ONNX checker: {first_line(exc)}; "
                          f"report this, and --exclude the node it names to work around it") from None
     return ConvertResult(model, quantized, plan.kept, fmt)
 
