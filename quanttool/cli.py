@@ -134,9 +134,12 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
 @click.option("--reduce-range", is_flag=True,
               help="7-bit weights ([-63, 63]) so onnxruntime's default x86 kernels cannot saturate on CPUs without "
                    "VNNI (see README, 'Running the int8 model').")
+@click.option("--int8-outputs", is_flag=True,
+              help="Quantize the model outputs too. By default the ops that write graph outputs compute them in "
+                   "float from their int8 inputs (a float consumer gains nothing from a last requantization).")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the integer parameters (scales, zero points, M0 and shift per channel) as JSON.")
-def convert(model, output, table, fmt, exclude, reduce_range, params_path, algorithm, scheme, percentile, compat,
+def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, scheme, percentile, compat,
             stats_path, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     if table is None and not inputs["images"]:
@@ -147,7 +150,8 @@ def convert(model, output, table, fmt, exclude, reduce_range, params_path, algor
 
     settings = _settings(algorithm, scheme, 8, percentile, compat)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
-                             weight_bits=7 if reduce_range else 8, stats_path=stats_path, **inputs))
+                             weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
+                             **inputs))
 
 
 @cli.command()

@@ -93,9 +93,10 @@ def _load_table(path: Path, prepared) -> dict:
 RECIPE_KEY = "quanttool.recipe"
 
 
-def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int) -> None:
+def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int,
+                  int8_outputs: bool) -> None:
     """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops."""
-    recipe = {"format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
+    recipe = {"format": fmt, "exclude": list(exclude), "weight_bits": weight_bits, "int8_outputs": int8_outputs,
               "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()}}
     entry = model.metadata_props.add()
     entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)
@@ -115,8 +116,8 @@ def read_recipe(model, path: Path) -> dict:
 
 
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
-                  exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8, stats_path=None,
-                  **options) -> str:
+                  exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8,
+                  int8_outputs: bool = False, stats_path=None, **options) -> str:
     from .rewrite import convert, hardware_params
 
     check_distinct(output, model, table, stats_path, option="--output")
@@ -128,8 +129,8 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
         params = _load_table(table, dynamic)
     else:
         params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
-    result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits)
-    record_recipe(result.model, params, fmt, exclude, weight_bits)
+    result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits, int8_outputs=int8_outputs)
+    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -165,10 +166,10 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
         recipe = read_recipe(int8, quantized)
         params = recipe["table"]
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
-                         bits=recipe["weight_bits"])
+                         bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True))
     else:
         params = _load_table(table, static)
-        result = convert(static, params, fmt=fmt)
+        result = convert(static, params, fmt=fmt, int8_outputs=False)  # as convert's default
         int8 = result.model
     samples = discover(inputs.roots, inputs.max_images)
     loaded = LoadReport()

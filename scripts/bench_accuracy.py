@@ -77,15 +77,18 @@ def main() -> None:
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         score("onnxruntime quantize_static (MinMax, per-channel, QDQ)", ort_int8)
-        recipes = [(a, "auto", bits) for a in ("minmax", "kl", "aciq", "percentile", "mse") for bits in (8, 7)]
-        recipes += [(a, "asymmetric", 8) for a in ("minmax", "percentile")]
-        for algorithm, scheme, weight_bits in recipes:
-            out = tmp / f"{algorithm}{scheme}{weight_bits}.onnx"
+        recipes = [(a, "auto", bits, False) for a in ("minmax", "kl", "aciq", "percentile", "mse") for bits in (8, 7)]
+        recipes += [(a, "asymmetric", 8, False) for a in ("minmax", "percentile")]
+        recipes += [("minmax", scheme, 8, True) for scheme in ("auto", "asymmetric")]
+        for algorithm, scheme, weight_bits, int8_outputs in recipes:
+            out = tmp / f"{algorithm}{scheme}{weight_bits}{int8_outputs}.onnx"
             convert_model(MODEL, out, None, Settings(algorithm=algorithm, scheme=scheme), fmt="qdq", exclude=(),
-                          params_path=None, weight_bits=weight_bits, images=[str(ROOT / "calibration_data")],
-                          max_images=None, stats_path=tmp / "stats.npz", **PRE)
+                          params_path=None, weight_bits=weight_bits, int8_outputs=int8_outputs,
+                          images=[str(ROOT / "calibration_data")], max_images=None, stats_path=tmp / "stats.npz",
+                          **PRE)
             score(f"quanttool -a {algorithm}" + (f" --scheme {scheme}" if scheme != "auto" else "")
-                  + (" --reduce-range" if weight_bits == 7 else ""), out)
+                  + (" --reduce-range" if weight_bits == 7 else "") + (" --int8-outputs" if int8_outputs else ""),
+                  out)
 
     print(f"{'model':58s} | {'top-1 %':>7s} {'SQNR dB':>7s} | {'top-1 %':>7s} {'SQNR dB':>7s}")
     print(f"{'':58s} | {'exact int8 session':>15s} | {'default session':>15s}")

@@ -170,7 +170,7 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], bits
             last = act.output[0]
         else:
             last = renamed[op.output]
-        outputs[op.output] = g.fake_quant(last, out_qp, clones)
+        outputs[op.output] = last if op.float_output else g.fake_quant(last, out_qp, clones)
 
     # fake-quant nodes read only original tensors, clones read fake-quant outputs: appending in this order
     # keeps the graph topologically sorted

@@ -121,9 +121,12 @@ class _Layer:
         self.seen += ref.size
         ref2 = None  # sum ref^2, computed once for both comparisons
         if q is not None:
-            deq = q.astype(np.float32)  # DequantizeLinear, in float32 as onnxruntime: (q - zp) * scale
-            deq -= self.zp
-            deq *= self.scale
+            if self.op.float_output:  # the int8 model computes this graph output in float
+                deq = q
+            else:
+                deq = q.astype(np.float32)  # DequantizeLinear, in float32 as onnxruntime: (q - zp) * scale
+                deq -= self.zp
+                deq *= self.scale
             if self.channels is not None and ref.ndim >= 3:
                 sums = self.channels.update(ref, deq)
                 self.acc.add(*sums, ref.size)
@@ -214,7 +217,7 @@ def evaluate(fp32: onnx.ModelProto, int8: onnx.ModelProto, table: dict[str, QPar
     for index, op in enumerate(quantized):
         if op.output not in table and f"{op.output}_scale" not in inits:
             continue  # the isolated builder already noted it
-        q_name = f"{op.output}_quantized"
+        q_name = op.output if op.float_output else f"{op.output}_quantized"
         if q_name not in int8_tensors:
             notes.append(f"{op.node}: the int8 model has no {q_name!r}; no accumulated measurement")
             q_name = None

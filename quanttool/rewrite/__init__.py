@@ -83,7 +83,9 @@ def check_table(model: onnx.ModelProto, table: dict) -> None:
 
 
 def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: Sequence[str] = (),
-            bits: int = 8) -> ConvertResult:
+            bits: int = 8, int8_outputs: bool = True) -> ConvertResult:
+    """The int8 model. With int8_outputs=False, an op that writes a graph output computes it in float from
+    its int8 inputs: a consumer of float outputs gains nothing from a last requantization, only its error."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: unknown format; use one of {', '.join(FORMATS)}")
     if not 2 <= bits <= 8:
@@ -94,6 +96,10 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
 
     b = Builder(plan, table, bits, all_tensor_names(plan.graph), set(plan.names))
     qset = set(plan.qtensors)
+    # only outputs no other node reads: an output that also feeds further ops stays quantized for them
+    read = {name for node in plan.graph.node for name in node.input}
+    float_outputs = set() if int8_outputs else qset & {o.name for o in plan.graph.output} - read
+    qset -= float_outputs
     opset = default_opset(model)
     for x in plan.qtensors:
         if x in plan.graph_inputs:
@@ -103,12 +109,15 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
     for i in range(len(plan.graph.node)):
         if i in plan.absorbed and plan.absorbed[i] in as_qlinear:
             continue  # the QLinear op's output clamp already is the Relu/Clip
-        op = emit_qoperator(b, i, opset) if fmt == "qoperator" else None
+        group = plan.groups.get(i)
+        float_out = group is not None and bool(float_outputs.intersection(group.outputs))
+        op = emit_qoperator(b, i, opset) if fmt == "qoperator" and not float_out else None
         if op is not None:
             as_qlinear.add(i)
         else:
             op = emit_qdq(b, i, qset)
         if op is not None:
+            op.float_output = float_out
             quantized.append(op)
 
     graph = plan.graph

@@ -38,6 +38,8 @@ def hardware_params(result, table: dict) -> dict:
             "node": op.node, "op_type": op.op_type, "form": op.form, "fused_activation": op.fused,
             "inputs": ins, "output": {"name": op.output, "scale": float(out.scale), "zero_point": int(out.zero_point)},
         }
+        if op.float_output:  # the scale is what an all-int8 target would use; the ONNX model outputs float
+            layer["output"]["float_in_model"] = True
         if op.weight_scales is not None:
             layer["weight"] = {"name": op.weight, "axis": op.weight_axis, "scales": op.weight_scales,
                                "zero_point": 0}

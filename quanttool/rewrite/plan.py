@@ -318,6 +318,7 @@ class QuantizedOp:
     constants: dict[str, tuple[float, int]] = field(default_factory=dict)  # constant operands: (scale, zp)
     outputs: list[str] = field(default_factory=list)  # every quantized output (Split has several)
     form: str = "qdq"  # "qdq", or the op run on int8 in qoperator format (e.g. "QLinearConv")
+    float_output: bool = False  # its output is a graph output left in float (convert without int8_outputs)
 
 
 def record(plan: Plan, group: Group, form: str, weight_scales=None, bias_q=None, constants=None) -> QuantizedOp:
