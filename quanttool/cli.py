@@ -139,8 +139,8 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
                    "float from their int8 inputs (a float consumer gains nothing from a last requantization).")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the integer parameters (scales, zero points, M0 and shift per channel) as JSON.")
-def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, scheme, percentile, compat,
-            stats_path, **inputs):
+def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, scheme,
+            percentile, compat, stats_path, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     if table is None and not inputs["images"]:
         raise UsageError("convert needs a table (-f TABLE.scale) or calibration images (-i DIR)")
