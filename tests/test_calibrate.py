@@ -100,3 +100,34 @@ def test_stats_cache_reused_without_inference_and_mismatch_is_an_error(setup, mo
         calibrate_table(path, tmp / "d.scale", Settings("minmax"), images=[str(images)], stats_path=cache,
                         **{**OPTIONS, "norm": "0.5"})
     assert not (tmp / "d.scale").exists()
+
+
+def test_compat_tengine_aciq_matches_tengine_formula(setup):
+    """Tengine's ACIQ: std = 2 * absmax * gaussian_const / sqrt(2 ln N), T = alpha_gaussian[7] * std, N the
+    tensor's element count per image; symmetric int8, scale = T / 127 (REFERENCE.md section 1)."""
+    tmp, path, images, model, xs = setup
+    calibrate_table(path, tmp / "t.scale", Settings("2", compat="tengine"), images=[str(images)], **OPTIONS)
+    table = read_table(tmp / "t.scale").params
+    lo, hi = exposed_minmax(model, xs, ["a"])["a"]
+    absmax, n = max(-lo, hi), 3 * 6 * 6
+    gaussian_const = 0.5 * 0.35 * (1 + np.sqrt(np.pi * np.log(4)))
+    std = 2 * absmax * gaussian_const / np.sqrt(2 * np.log(n))
+    assert table["a"].scale == pytest.approx(3.92403714 * std / 127, rel=1e-6)
+    assert table["a"].zero_point == 0 and table["r1"].zero_point == 0  # symmetric only
+
+
+def test_constant_tensor_gets_valid_scale_and_warning(tmp_path, capsys):
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["z"], name="mul"),
+             helper.make_node("Add", ["z", "x"], ["y"], name="add")]
+    model = make_model(nodes, [tensor_info("x", [1, 2, 3, 3])], [tensor_info("y", [1, 2, 3, 3])],
+                       [init("zero", np.zeros((1,), np.float32))])
+    path = tmp_path / "c.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for i in range(2):
+        np.save(folder / f"{i}.npy", np.random.default_rng(i).normal(size=(2, 3, 3)).astype(np.float32))
+    calibrate_table(path, tmp_path / "c.scale", Settings("kl"), images=[str(folder)], **OPTIONS)
+    table = read_table(tmp_path / "c.scale").params
+    assert 0 < table["z"].scale < 1e-3 and np.isfinite(table["z"].scale)
+    assert "'z' is constant" in capsys.readouterr().err
