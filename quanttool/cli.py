@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .algorithms import ALGORITHMS, ALIASES, resolve
 from .errors import QuantError, UsageError
 
-ALGORITHMS = ["minmax", "kl", "aciq", "percentile", "mse", "0", "1", "2"]
-TENGINE_NUMBERS = {"0": "minmax", "1": "kl", "2": "aciq"}
+ALGORITHM_CHOICES = [*ALGORITHMS, *ALIASES]  # names, then Tengine's numbers 0/1/2
 
 
 def input_options(func):
@@ -58,7 +58,7 @@ def model_option(func):
 
 def calibration_options(func):
     options = [
-        click.option("-a", "--algorithm", type=click.Choice(ALGORITHMS), default="minmax", show_default=True,
+        click.option("-a", "--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="minmax", show_default=True,
                      help="Clip-range algorithm; Tengine's numbers 0/1/2 mean minmax/kl/aciq."),
         click.option("--scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default="auto",
                      show_default=True,
@@ -96,7 +96,7 @@ def cli(ctx, debug):
 def _settings(algorithm, scheme, bits, percentile, compat):
     from .calibrate import Settings, check_settings
 
-    settings = Settings(TENGINE_NUMBERS.get(algorithm, algorithm), scheme, bits, percentile, compat)
+    settings = Settings(resolve(algorithm), scheme, bits, percentile, compat)
     check_settings(settings)
     return settings
 
