@@ -97,7 +97,7 @@ def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Pat
 
 
 def check_settings(settings: Settings) -> None:
-    if settings.compat == "tengine" and settings.algorithm not in ("minmax", "kl", "aciq", "0", "1", "2"):
+    if settings.compat == "tengine" and algorithms.resolve(settings.algorithm) not in ("minmax", "kl", "aciq"):
         raise UsageError(f"--compat tengine supports -a minmax, kl or aciq, not {settings.algorithm}")
     if settings.compat == "tengine" and settings.scheme not in ("auto", "symmetric"):
         raise UsageError("--compat tengine is symmetric only; drop --scheme or use --scheme symmetric")
