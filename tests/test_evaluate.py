@@ -305,3 +305,24 @@ def test_float32_row_sums_match_float64():
     per_channel = [cos(ref[:, c], q[:, c]) for c in range(ref.shape[1])]
     assert chan.cosines() == pytest.approx(per_channel, abs=1e-7)
     assert totals[2] == pytest.approx(f64(ref - q), rel=1.2e-4)
+
+
+def test_data_dependent_output_shapes_are_skipped_with_a_note():
+    """Compress after a threshold: quantization moves 0.3049 to 0.30, below the 0.302 threshold, so the int8
+    output has one element fewer on that image. It is left out (with a note), not a crash; the image whose
+    values sit far from the threshold is still compared, and its SQNR is the one computed here."""
+    nodes = [helper.make_node("Mul", ["x", "one"], ["m"], name="mul"),
+             helper.make_node("Greater", ["m", "t"], ["keep"], name="gt"),
+             helper.make_node("Compress", ["m", "keep"], ["y"], name="compress")]
+    model = make_model(nodes, [tensor_info("x", [2])], [tensor_info("y", ["k"])],
+                       [init("one", np.ones(1, np.float32)), init("t", np.array(0.302, np.float32))])
+    table = {"x": QParam(0.01, 0), "m": QParam(0.01, 0)}
+    result = convert(model, table)
+    samples = [("near.npy", {"x": np.array([1.27, 0.3049], np.float32)}),
+               ("far.npy", {"x": np.array([1.0, 0.8567], np.float32)})]
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples))
+    assert any("'y'" in note and "1 of 2 images" in note for note in report.notes)
+    far_fp32 = run(model, samples[1][1])[0]
+    far_int8 = run_int8(result.model, samples[1][1])[0]
+    out = next(o for o in report.outputs if o.name == "y")
+    assert math.isfinite(out.sqnr_db) and out.sqnr_db == pytest.approx(sqnr(far_fp32, far_int8), abs=1e-6)
