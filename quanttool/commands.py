@@ -14,7 +14,7 @@ from typing import Sequence
 
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
-from .errors import QuantError, UsageError
+from .errors import QuantError, UsageError, warn
 from .fileio import atomic_open, check_distinct, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
@@ -84,10 +84,15 @@ def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path
             f"{time.perf_counter() - start:.1f} s")
 
 
-def _load_table(path: Path, prepared) -> dict:
+def _load_table(path: Path, prepared, model_sha: str) -> dict:
     known = {name for node in prepared.graph.node for name in node.output}
     known |= {inp.name for inp in prepared.graph.input}
-    return read_table(path, known=known).params
+    table = read_table(path, known=known)
+    made_for = table.meta.get("model_sha256")
+    if made_for and made_for != model_sha:
+        warn(f"{path} was calibrated on a different model file (sha256 {made_for[:12]}..., this one "
+             f"{model_sha[:12]}...); its tensor names all match, so it is used")
+    return table.params
 
 
 RECIPE_KEY = "quanttool.recipe"
@@ -126,7 +131,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     inputs = Inputs(model, **options)
     dynamic = inputs.dynamic()
     if table is not None:
-        params = _load_table(table, dynamic)
+        params = _load_table(table, dynamic, inputs.sha)
     else:
         params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
     result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits, int8_outputs=int8_outputs)
@@ -168,7 +173,7 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
                          bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True))
     else:
-        params = _load_table(table, static)
+        params = _load_table(table, static, inputs.sha)
         result = convert(static, params, fmt=fmt, int8_outputs=False)  # as convert's default
         int8 = result.model
     samples = discover(inputs.roots, inputs.max_images)

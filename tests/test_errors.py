@@ -4,6 +4,7 @@ right exit code (1 data/model, 2 usage). Inputs are never modified and failed ru
 import hashlib
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 from PIL import Image
@@ -143,3 +144,15 @@ def test_output_written_atomically_keeps_old_file_on_failure(workspace, capsys):
     code, _, _ = run_cli(capsys, "calibrate", "-m", model, "-i", empty, "-o", target)
     assert code == 1 and target.read_text() == "old content\n"
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".keep")] == []  # no temp file left
+
+
+def test_table_from_a_different_model_file_warns_but_converts(workspace, capsys):
+    tmp, model, images = workspace
+    code, _, _ = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    assert code == 0
+    other = tmp / "retrained.onnx"  # same graph and names, different bytes (e.g. fine-tuned weights)
+    proto = onnx.load(str(model))
+    proto.doc_string = "retrained"
+    onnx.save(proto, str(other))
+    code, out, err = run_cli(capsys, "convert", "-m", other, "-f", tmp / "t.scale", "-o", tmp / "r.onnx")
+    assert code == 0 and "different model file" in err and (tmp / "r.onnx").exists()
