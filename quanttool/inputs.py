@@ -175,14 +175,16 @@ def parse_image_dirs(values: Sequence[str], input_names: Sequence[str]) -> dict[
             plain.append(value)
     if plain and (named or len(plain) > 1 or len(names) > 1):
         if len(names) > 1:
-            raise UsageError(f"--images: the model has {len(names)} inputs ({listed}); pass --images NAME=DIR once per input")
+            raise UsageError(f"--images: the model has {len(names)} inputs ({listed}); "
+                             f"pass --images NAME=DIR once per input")
         raise UsageError("--images: give a single folder (or NAME=DIR) for this single-input model")
     if plain:
         named[names[0]] = Path(plain[0])
     missing = [n for n in names if n not in named]
     if missing:
         raise UsageError(
-            f"--images: no folder for input(s) {', '.join(repr(n) for n in missing)}; pass --images NAME=DIR once per input"
+            f"--images: no folder for input(s) {', '.join(repr(n) for n in missing)}; "
+            f"pass --images NAME=DIR once per input"
         )
     for name in names:
         folder = named[name]
@@ -217,7 +219,8 @@ def _scan(folder: Path) -> dict[str, Path]:
         warn(f"ignored {len(ignored)} file(s) in {folder} with other extensions (e.g. {min(ignored)}); "
              f"accepted: {' '.join(EXTENSIONS)}")
     if not found:
-        raise QuantError(f"no usable files in {folder}; accepted extensions: {' '.join(EXTENSIONS)} (searched recursively)")
+        raise QuantError(f"no usable files in {folder}; accepted extensions: {' '.join(EXTENSIONS)} "
+                         f"(searched recursively)")
     return found
 
 
@@ -445,5 +448,6 @@ def iter_samples(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if report.skipped and not report.loaded:
-        raise QuantError(f"all {report.skipped} samples were unreadable (first: {report.skipped_files[0]}); check --images")
+        raise QuantError(f"all {report.skipped} samples were unreadable (first: {report.skipped_files[0]}); "
+                         f"check --images")
 

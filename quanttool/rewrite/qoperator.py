@@ -100,7 +100,8 @@ def emit_qoperator(b: Builder, i: int, opset: int) -> QuantizedOp | None:
                 operands.append(_qin(b, x))
         if op == "Concat":
             ins = list(b.act_qparams(out)) + [t for operand in operands for t in operand]
-            b.add_node("QLinearConcat", ins, [b.claim(f"{out}_quantized")], name, keep_name=True, domain=MS, axis=attrs["axis"])
+            b.add_node("QLinearConcat", ins, [b.claim(f"{out}_quantized")], name, keep_name=True, domain=MS,
+                       axis=attrs["axis"])
         else:
             if len(operands) != 2:
                 return None
