@@ -12,20 +12,18 @@ Prints, side by side:
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import ROOT, median_time, mobilenet
+from bench_common import MEAN, NORM, PREPROCESS, ROOT, arguments, median_time, mobilenet
 
 from quanttool import prepare as prep
 from quanttool.calibrate import Settings, choose_params, collect
 from quanttool.inputs import Preprocess, discover, iter_samples
 from quanttool.runtime import session
 
-PREPROCESS = dict(mean=(123.675, 116.28, 103.53), norm=(0.017125,), color="rgb", resize="center-crop")
 
 
 def peak_rss_mb(args: list[str]) -> float:
@@ -37,11 +35,7 @@ def peak_rss_mb(args: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
+    args = arguments(__doc__, images=200)
 
     model_path, image_dir = mobilenet(max(args.images, 400))
     model = prep.load_model(model_path)
@@ -74,7 +68,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cli = [sys.executable, "-m", "quanttool", "calibrate", "-m", str(model_path), "-i", str(image_dir),
-               "--mean", "123.675,116.28,103.53", "--norm", "0.017125", "--resize", "center-crop", "-a", "kl",
+               "--mean", MEAN, "--norm", NORM, "--resize", "center-crop", "-a", "kl",
                "-o", str(Path(tmp) / "t.scale")]
         rss = {n: peak_rss_mb(cli + ["--max-images", str(n)]) for n in (100, 400)}
 

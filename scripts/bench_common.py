@@ -17,6 +17,20 @@ sys.path.insert(0, str(ROOT))
 from make_mobilenet import build, write_images  # noqa: E402
 
 BENCH = ROOT / "out" / "bench"
+# ImageNet-style preprocessing for the MobileNetV2 benchmarks: as CLI option text and as Preprocess fields.
+MEAN, NORM = "123.675,116.28,103.53", "0.017125"
+PREPROCESS = dict(mean=(123.675, 116.28, 103.53), norm=(0.017125,), color="rgb", resize="center-crop")
+
+
+def arguments(doc: str, images: int):
+    """The benchmark scripts' shared command line: --images, --repeats, --threads."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    return parser.parse_args()
 
 
 def mobilenet(n_images: int) -> tuple[Path, Path]:

@@ -12,12 +12,11 @@ and prints their ratio, plus the per-image time of the plain int8 model for refe
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from bench_common import ROOT, median_time, mobilenet
+from bench_common import MEAN, NORM, PREPROCESS, ROOT, arguments, median_time, mobilenet
 
 from quanttool import commands
 from quanttool import prepare as prep
@@ -25,16 +24,10 @@ from quanttool.calibrate import Settings
 from quanttool.inputs import Preprocess, discover, iter_samples
 from quanttool.runtime import session
 
-MEAN, NORM = "123.675,116.28,103.53", "0.017125"
-PREPROCESS = dict(mean=(123.675, 116.28, 103.53), norm=(0.017125,), color="rgb", resize="center-crop")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
+    args = arguments(__doc__, images=50)
 
     model_path, image_dir = mobilenet(args.images)
     options = dict(images=(str(image_dir),), shape=(), mean=MEAN, norm=NORM, color="rgb", resize="center-crop",

@@ -48,6 +48,17 @@ def assert_matches(st: TensorStats, ref: dict) -> None:
         assert getattr(st, key) == pytest.approx(ref[key], rel=1e-9, abs=1e-9)
 
 
+def assert_same_stats(a: TensorStats, b: TensorStats, rel: float) -> None:
+    """Histograms, counts and extremes exactly equal; float64 sums to `rel` (their summation order differs)."""
+    assert a.range == b.range
+    np.testing.assert_array_equal(a.pos, b.pos)
+    np.testing.assert_array_equal(a.neg, b.neg)
+    assert (a.count, a.zeros, a.min, a.max, a.samples, a.numel, a.edge_pos, a.edge_neg) == \
+           (b.count, b.zeros, b.min, b.max, b.samples, b.numel, b.edge_pos, b.edge_neg)
+    for key in ("sum", "sumsq", "sumabs"):
+        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=rel, abs=0)
+
+
 @pytest.fixture
 def images():
     rng = np.random.default_rng(7)
@@ -89,13 +100,7 @@ def test_identical_for_any_order_batching_and_merge(images):
     right.merge(left)
 
     for other in (shuffled, right):
-        assert other.range == one.range
-        np.testing.assert_array_equal(other.pos, one.pos)
-        np.testing.assert_array_equal(other.neg, one.neg)
-        assert (other.count, other.zeros, other.min, other.max, other.samples, other.numel) == \
-               (one.count, one.zeros, one.min, one.max, one.samples, one.numel)
-        for key in ("sum", "sumsq", "sumabs"):
-            assert getattr(other, key) == pytest.approx(getattr(one, key), rel=1e-9)
+        assert_same_stats(other, one, rel=1e-9)
 
 
 def test_range_doubles_and_merges_bin_pairs():
@@ -279,11 +284,5 @@ def test_kernel_and_numpy_paths_agree(kind, monkeypatch, fold_path):
             st.update(part)
         results.append(st)
     fast, slow = results
-    assert fast.range == slow.range
-    np.testing.assert_array_equal(fast.pos, slow.pos)
-    np.testing.assert_array_equal(fast.neg, slow.neg)
-    assert (fast.count, fast.zeros, fast.min, fast.max, fast.edge_pos, fast.edge_neg) == \
-           (slow.count, slow.zeros, slow.min, slow.max, slow.edge_pos, slow.edge_neg)
-    for key in ("sum", "sumsq", "sumabs"):
-        assert getattr(fast, key) == pytest.approx(getattr(slow, key), rel=1e-12, abs=0)
+    assert_same_stats(fast, slow, rel=1e-12)
     assert_matches(fast, reference(x))
