@@ -13,8 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# A tensor that is constant zero still needs a usable, non-zero scale.
+# Scales never go below this; a tensor that is exactly zero everywhere is quantized as if its range were
+# [-1, 1] (any scale represents 0 exactly, and a tiny one would overflow the int32 bias of the next layer,
+# whose scale is input scale x weight scale).
 MIN_SCALE = 1e-8
+ZERO_RANGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -30,21 +33,23 @@ def qrange(bits: int = 8) -> tuple[int, int]:
 
 def symmetric(threshold: float, bits: int = 8) -> QParam:
     qmax = 2 ** (bits - 1) - 1
-    return QParam(max(float(threshold) / qmax, MIN_SCALE), 0)
+    threshold = float(threshold) if threshold > 0 else ZERO_RANGE
+    return QParam(max(threshold / qmax, MIN_SCALE), 0)
 
 
 def unsigned(threshold: float, bits: int = 8) -> QParam:
     """[0, T] onto all 2^b levels of signed storage: zero point at qmin."""
     qmin, qmax = qrange(bits)
-    return QParam(max(float(threshold) / (qmax - qmin), MIN_SCALE), qmin)
+    threshold = float(threshold) if threshold > 0 else ZERO_RANGE
+    return QParam(max(threshold / (qmax - qmin), MIN_SCALE), qmin)
 
 
 def asymmetric(rmin: float, rmax: float, bits: int = 8) -> QParam:
     qmin, qmax = qrange(bits)
     rmin, rmax = min(float(rmin), 0.0), max(float(rmax), 0.0)
-    scale = (rmax - rmin) / (qmax - qmin)
-    if scale < MIN_SCALE:
-        return QParam(MIN_SCALE, 0)
+    if rmax - rmin <= 0:
+        return symmetric(0.0, bits)
+    scale = max((rmax - rmin) / (qmax - qmin), MIN_SCALE)
     zero_point = int(round(qmin - rmin / scale))
     return QParam(scale, max(qmin, min(qmax, zero_point)))
 

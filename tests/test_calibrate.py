@@ -4,13 +4,14 @@ fixed rules on a real graph."""
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import quanttool.calibrate as calibrate_module
 from quanttool.calibrate import Settings
-from quanttool.commands import calibrate_table
+from quanttool.commands import calibrate_table, convert_model
 from quanttool.errors import QuantError
 from quanttool.table import read_table
+from quanttool.runtime import session
 from tests.helpers import init, make_model, run, tensor_info
 
 OPTIONS = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False,
@@ -116,11 +117,16 @@ def test_compat_tengine_aciq_matches_tengine_formula(setup):
     assert table["a"].zero_point == 0 and table["r1"].zero_point == 0  # symmetric only
 
 
-def test_constant_tensor_gets_valid_scale_and_warning(tmp_path, capsys):
+def test_all_zero_tensor_gets_a_usable_scale_and_a_warning(tmp_path, capsys):
+    """z = x * 0 feeds a Conv with a bias: z's placeholder scale must leave that bias representable in int32
+    (a 1e-8 placeholder overflowed it and the int8 output lost the bias), so the int8 output equals the bias."""
+    bias = np.array([0.5, -1.0, 2.0, 0.1], np.float32)
     nodes = [helper.make_node("Mul", ["x", "zero"], ["z"], name="mul"),
-             helper.make_node("Add", ["z", "x"], ["y"], name="add")]
-    model = make_model(nodes, [tensor_info("x", [1, 2, 3, 3])], [tensor_info("y", [1, 2, 3, 3])],
-                       [init("zero", np.zeros((1,), np.float32))])
+             helper.make_node("Conv", ["z", "w", "b"], ["y"], name="conv")]
+    model = make_model(nodes, [tensor_info("x", [1, 2, 3, 3])], [tensor_info("y", [1, 4, 3, 3])],
+                       [init("zero", np.zeros((1,), np.float32)),
+                        init("w", np.random.default_rng(0).normal(size=(4, 2, 1, 1)).astype(np.float32)),
+                        init("b", bias)])
     path = tmp_path / "c.onnx"
     onnx.save(model, path)
     folder = tmp_path / "npy"
@@ -129,5 +135,16 @@ def test_constant_tensor_gets_valid_scale_and_warning(tmp_path, capsys):
         np.save(folder / f"{i}.npy", np.random.default_rng(i).normal(size=(2, 3, 3)).astype(np.float32))
     calibrate_table(path, tmp_path / "c.scale", Settings("kl"), images=[str(folder)], **OPTIONS)
     table = read_table(tmp_path / "c.scale").params
-    assert 0 < table["z"].scale < 1e-3 and np.isfinite(table["z"].scale)
+    assert table["z"].scale == pytest.approx(1 / 255) and table["z"].zero_point == -128  # never negative
     assert "'z' is constant" in capsys.readouterr().err
+    convert_model(path, tmp_path / "q.onnx", tmp_path / "c.scale", Settings(), fmt="qdq", exclude=(),
+                  params_path=None, **{**OPTIONS, "images": ()})
+    assert "overflow" not in capsys.readouterr().err
+    y = run_int8(onnx.load(str(tmp_path / "q.onnx")), {"x": np.ones((1, 2, 3, 3), np.float32)})[0]
+    s_w = np.abs(numpy_helper.to_array(model.graph.initializer[1])).reshape(4, -1).max(axis=1) / 127
+    step = table["z"].scale * s_w  # the int32 bias grid
+    assert np.all(np.abs(y[0, :, 0, 0] - bias) <= step / 2 + 1e-6)
+
+
+def run_int8(model, feeds):
+    return session(model).run(None, feeds)

@@ -40,9 +40,13 @@ def test_asymmetric_range_is_widened_to_contain_zero():
     assert qp.zero_point == -128
 
 
-def test_constant_zero_gets_valid_scale():
+def test_constant_zero_gets_a_scale_that_keeps_the_next_bias_in_int32():
+    # An all-zero tensor is quantized as if its range were [-1, 1]: a bias of 1.0 behind a weight scale of
+    # 0.01 then needs round(1.0 / (scale * 0.01)) to fit int32, which a 1e-8 placeholder would not.
     for qp in (symmetric(0.0), unsigned(0.0), asymmetric(0.0, 0.0)):
         assert qp.scale >= MIN_SCALE and math.isfinite(qp.scale)
+        assert abs(round(1.0 / (qp.scale * 0.01))) < 2**31
+    assert symmetric(0.0).scale == pytest.approx(1 / 127)
 
 
 @pytest.mark.parametrize("m", [0.2, 0.5, 0.999999999, 1e-5, 0.75, 3.0, 0.0123456])
