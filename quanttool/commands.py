@@ -15,11 +15,18 @@ from typing import Sequence
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
 from .errors import QuantError, UsageError, warn
-from .fileio import atomic_open, check_distinct, write_bytes
+from .fileio import atomic_open, check_distinct, check_output, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
 from .table import read_table, write_table
+
+
+def _check_outputs(**paths: Path | None) -> None:
+    """Every output path is checked before any work, so a bad one never leaves the others half done."""
+    for option, path in paths.items():
+        if path is not None:
+            check_output(path, f"--{option}")
 
 
 def parse_shapes(values: Sequence[str]) -> dict[str | None, tuple[int, int, int]]:
@@ -75,6 +82,7 @@ def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> t
 def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, **options) -> str:
     start = time.perf_counter()
     check_distinct(output, model, stats_path, option="--output")
+    _check_outputs(output=output, stats=stats_path)
     inputs = Inputs(model, **options)
     if inputs.roots is None:
         raise UsageError("calibrate needs images: -i DIR")
@@ -128,6 +136,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     check_distinct(output, model, table, stats_path, option="--output")
     if params_path is not None:
         check_distinct(params_path, model, table, output, option="--params")
+    _check_outputs(output=output, params=params_path, stats=stats_path)
     inputs = Inputs(model, **options)
     dynamic = inputs.dynamic()
     if table is not None:
@@ -158,9 +167,11 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
     from .inputs import LoadReport, discover, iter_samples
     from .rewrite import convert
 
-    for path in (json_path, report_path):
-        if path is not None:
-            check_distinct(path, model, quantized, table, option="--json/--report")
+    if json_path is not None:
+        check_distinct(json_path, model, quantized, table, option="--json")
+    if report_path is not None:
+        check_distinct(report_path, model, quantized, table, json_path, option="--report")
+    _check_outputs(json=json_path, report=report_path)
     inputs = Inputs(model, **options)
     label_map = ev.read_labels(labels) if labels is not None else None
     # One preparation serves both sides: the static graph has the same node and tensor names as the dynamic

@@ -14,9 +14,7 @@ from .errors import QuantError
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs):
     """Open a temp file beside `path`; on success rename it over `path`, on error remove it."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise QuantError(f"{path}: output folder {folder} does not exist; create it or choose another path")
+    folder = check_output(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -29,6 +27,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_output(path: str | os.PathLike, option: str = "output") -> Path:
+    """Fail before any work when `path` cannot be written: its folder is missing or it is a folder itself."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise QuantError(f"{option} {path}: {folder} {what}; create the folder or choose another path")
+    if path.is_dir():
+        raise QuantError(f"{option} {path}: is a folder; give a file path")
+    return folder
 
 
 def _file_mode(path: Path) -> int:

@@ -18,6 +18,9 @@ from .fileio import atomic_open
 from .qparams import QParam, qrange
 
 
+FLOAT32_TINY, FLOAT32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+
+
 @dataclass
 class Table:
     params: dict[str, QParam]
@@ -43,7 +46,7 @@ def read_table(path: str | Path, known: Iterable[str] | None = None, bits: int =
     """Parse and validate a table; every problem names the file and line and says how to fix it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors start files with a BOM
     except FileNotFoundError:
         raise QuantError(f"{path}: table file not found; create one with `quanttool calibrate`") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -73,6 +76,9 @@ def read_table(path: str | Path, known: Iterable[str] | None = None, bits: int =
                              f"expected `name scale zero_point`") from None
         if not math.isfinite(scale) or scale <= 0:
             raise QuantError(f"{where}: tensor {name!r} has scale {scale_text}; scales must be positive and finite")
+        if not FLOAT32_TINY <= scale <= FLOAT32_MAX:  # the model stores scales as float32
+            raise QuantError(f"{where}: tensor {name!r} has scale {scale_text}, outside float32's normal range "
+                             f"[{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}]; re-run calibrate")
         if not qmin <= zero_point <= qmax:
             raise QuantError(f"{where}: tensor {name!r} has zero point {zero_point}, outside [{qmin}, {qmax}]")
         if name in table.params:

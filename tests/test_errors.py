@@ -156,3 +156,39 @@ def test_table_from_a_different_model_file_warns_but_converts(workspace, capsys)
     onnx.save(proto, str(other))
     code, out, err = run_cli(capsys, "convert", "-m", other, "-f", tmp / "t.scale", "-o", tmp / "r.onnx")
     assert code == 0 and "different model file" in err and (tmp / "r.onnx").exists()
+
+
+def test_bad_output_path_fails_before_any_output_is_written(workspace, capsys):
+    tmp, model, images = workspace
+    code, _, _ = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    assert code == 0
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx",
+                           "--params", tmp / "missing" / "p.json")
+    assert code == 1 and "--params" in one_line_error(err) and not (tmp / "q.onnx").exists()
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "--stats", tmp / "s.npz",
+                           "-o", tmp / "t.scale" / "x.scale")
+    assert code == 1 and "is not a folder" in one_line_error(err) and not (tmp / "s.npz").exists()
+    code, _, err = run_cli(capsys, "evaluate", "-m", model, "-f", tmp / "t.scale", "-i", images,
+                           "--json", tmp / "r.out", "--report", tmp / "r.out")
+    assert code == 1 and "--report" in one_line_error(err) and not (tmp / "r.out").exists()
+
+
+def test_labels_with_bom_and_out_of_range_label(workspace, capsys):
+    tmp, model, images = workspace
+    run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    flat = tmp / "flat.onnx"  # the workspace model's output is a feature map: give it a class vector
+    proto = onnx.load(str(model))
+    proto.graph.node.append(helper.make_node("GlobalAveragePool", ["y"], ["g"], name="gap"))
+    proto.graph.node.append(helper.make_node("Flatten", ["g"], ["logits"], name="flat"))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 4]))
+    onnx.save(proto, str(flat))
+    run_cli(capsys, "calibrate", "-m", flat, "-i", images, "-o", tmp / "f.scale")
+    labels = tmp / "labels.txt"
+    labels.write_bytes("\ufeff0.png 1\r\n1.png 2\r\n2.png 3\r\n".encode("utf-8"))
+    code, out, err = run_cli(capsys, "evaluate", "-m", flat, "-f", tmp / "f.scale", "-i", images, "--labels", labels)
+    assert code == 0 and "3 labeled images" in out, out + err
+    labels.write_text("0.png 1\n1.png 99\n")
+    code, _, err = run_cli(capsys, "evaluate", "-m", flat, "-f", tmp / "f.scale", "-i", images, "--labels", labels)
+    message = one_line_error(err)
+    assert code == 1 and "99" in message and "4 classes" in message

@@ -51,3 +51,17 @@ def test_missing_and_empty_table(tmp_path):
     (tmp_path / "empty.scale").write_text("# nothing\n")
     with pytest.raises(QuantError, match="no entries"):
         read_table(tmp_path / "empty.scale")
+
+
+def test_bom_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "win.scale"
+    path.write_bytes("\ufeff# made on Windows\r\nx 0.5 0\r\n".encode("utf-8"))
+    assert read_table(path).params == {"x": QParam(0.5, 0)}
+
+
+@pytest.mark.parametrize("scale", ["1e-45", "1e40"])
+def test_scales_outside_float32_are_rejected(tmp_path, scale):
+    path = tmp_path / "t.scale"
+    path.write_text(f"x {scale} 0\n")
+    with pytest.raises(QuantError, match="float32"):
+        read_table(path)

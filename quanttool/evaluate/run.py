@@ -55,7 +55,7 @@ def read_labels(path: str | Path) -> dict[str, int]:
     """Lines `relative/path.png label` (blank lines and `#` comments skipped); the path may contain spaces."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors start files with a BOM
     except FileNotFoundError:
         raise QuantError(f"--labels {path}: file not found; give a text file of `relative/path.png label` lines") \
             from None
@@ -266,6 +266,10 @@ def evaluate(fp32: onnx.ModelProto, int8: onnx.ModelProto, table: dict[str, QPar
             acc["unlabeled"] += 1
             return
         name = acc["output"]
+        classes = a[name].shape[1]
+        if label >= classes:
+            raise QuantError(f"--labels: label {label} of {key} is outside output {name!r}'s {classes} classes "
+                             f"(0..{classes - 1}); check the labels file")
         acc["labeled"] += 1
         acc["rows"] += a[name].shape[0]
         acc["fp32"] += int(np.count_nonzero(a[name].argmax(axis=1) == label))
