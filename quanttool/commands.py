@@ -107,9 +107,10 @@ RECIPE_KEY = "quanttool.recipe"
 
 
 def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int,
-                  int8_outputs: bool) -> None:
+                  int8_outputs: bool, model_sha: str) -> None:
     """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops."""
-    recipe = {"format": fmt, "exclude": list(exclude), "weight_bits": weight_bits, "int8_outputs": int8_outputs,
+    recipe = {"model_sha256": model_sha, "format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
+              "int8_outputs": int8_outputs,
               "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()}}
     entry = model.metadata_props.add()
     entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)
@@ -144,7 +145,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     else:
         params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
     result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits, int8_outputs=int8_outputs)
-    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs)
+    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -180,6 +181,9 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
     if quantized is not None:
         int8 = prep.load_model(quantized)
         recipe = read_recipe(int8, quantized)
+        if recipe.get("model_sha256", inputs.sha) != inputs.sha:
+            warn(f"{quantized} was converted from a different file than {model}; if the models do not "
+                 f"match, the comparison below is meaningless")
         params = recipe["table"]
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
                          bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import QuantError
+from .errors import QuantError, first_line
 from .fileio import atomic_open
 
 BINS = 2048  # per sign; a power of two (see the module docstring)
@@ -340,6 +340,6 @@ def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[st
     except FileNotFoundError:
         raise QuantError(f"{path}: statistics file not found; run calibrate with --stats to create it") from None
     except Exception as exc:  # zip, npz, key, decode and shape errors all mean the same to the user
-        raise QuantError(f"{path}: not a quanttool statistics file ({type(exc).__name__}: {exc}); "
+        raise QuantError(f"{path}: not a quanttool statistics file ({type(exc).__name__}: {first_line(exc)}); "
                          f"delete it or choose another --stats path") from None
     return stats, dict(zip(keys, values))

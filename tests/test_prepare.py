@@ -503,3 +503,13 @@ def test_dequantize_of_constant_weights_is_not_folded():
     x = rand(1, 2, 3, 3)
     expected = np.einsum("oc,nchw->nohw", w[:, :, 0, 0].astype(np.float32) * 0.02, x)
     np.testing.assert_allclose(run(prepared, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_preparation_keeps_declared_output_types_exactly():
+    """Shape inference names anonymous dims ('unk__6'); the int8 model must declare its outputs as the fp32
+    model did, so the prepared graph (what convert rewrites) keeps the original output ValueInfo."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, None, None])
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])], [out])
+    prepared = prepare(model, None)
+    assert prepared.graph.output[0] == model.graph.output[0]

@@ -65,6 +65,11 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
     topo_sort(work.graph)
     name_nodes(work.graph)  # nodes created above (BN -> Mul + Add of an unnamed BN)
     infer_shapes(work)  # fresh value_info for the passes downstream
+    if not specs:  # the declared outputs, exactly: inference would name anonymous dims ('unk__6')
+        declared = {out.name: out for out in model.graph.output}
+        for out in work.graph.output:
+            if out.name in declared:
+                out.CopyFrom(declared[out.name])
     _check(work, name)
     if verify:
         verify_prepared(model, work, specs, name)
