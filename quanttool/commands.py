@@ -96,6 +96,9 @@ def _load_table(path: Path, prepared, model_sha: str) -> dict:
     known = {name for node in prepared.graph.node for name in node.output}
     known |= {inp.name for inp in prepared.graph.input}
     table = read_table(path, known=known)
+    if table.meta.get("bits", "8") != "8":
+        warn(f"{path} was fitted for {table.meta['bits']}-bit activations; the int8 model stores them in 8 bits "
+             f"with these scales, so it does not clip to {table.meta['bits']} bits")
     made_for = table.meta.get("model_sha256")
     if made_for and made_for != model_sha:
         warn(f"{path} was calibrated on a different model file (sha256 {made_for[:12]}..., this one "
