@@ -513,3 +513,31 @@ def test_dynamic_preparation_keeps_declared_output_types_exactly():
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])], [out])
     prepared = prepare(model, None)
     assert prepared.graph.output[0] == model.graph.output[0]
+
+
+def test_static_dims_picked_from_a_dynamic_shape_fold_without_shape_option():
+    """x is [N, 4, 6]: Shape(x)[2] is 6 whatever N is, so Gather/Slice of it fold even when dims stay dynamic
+    (a transformer's 1/sqrt(head_dim)); Shape(x)[0] stays, since N is unknown."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "two"], ["d"], axis=0),
+        helper.make_node("Cast", ["d"], ["df"], to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["df"], ["r"]),
+        helper.make_node("Div", ["x", "r"], ["y"]),
+        helper.make_node("Slice", ["s", "one", "three"], ["last2"]),
+        helper.make_node("Concat", ["minus1", "last2"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["y", "shape"], ["z"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+    ]
+    model = make_model(nodes, [tensor_info("x", ["N", 4, 6])],
+                       [tensor_info("z", ["N", 4, 6]), helper.make_tensor_value_info("n", TensorProto.INT64, [])],
+                       [init("two", np.array(2, np.int64)), init("zero", np.array(0, np.int64)),
+                        init("one", np.array([1], np.int64)), init("three", np.array([3], np.int64)),
+                        init("minus1", np.array([-1], np.int64))])
+    prepared = prepare(model, None)
+    ops = [n.op_type for n in prepared.graph.node]
+    assert "Sqrt" not in ops and "Slice" not in ops and "Reshape" in ops
+    assert ops.count("Gather") == 1 and "Shape" in ops  # Shape(x)[0] is the dynamic batch: kept
+    x = np.random.default_rng(0).normal(size=(3, 4, 6)).astype(np.float32)
+    for want, got in zip(run(model, {"x": x}), run(prepared, {"x": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

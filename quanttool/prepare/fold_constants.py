@@ -37,7 +37,7 @@ def fold_constants(model: onnx.ModelProto) -> None:
 
 def _fold_round(model: onnx.ModelProto) -> bool:
     graph = model.graph
-    changed = _fold_constant_nodes(graph) | _fold_shapes(graph)
+    changed = _fold_constant_nodes(graph) | _fold_shapes(graph) | _fold_shape_parts(graph)
     while _fold_wave(model):
         changed = True
     return changed
@@ -100,6 +100,43 @@ def _fold_shapes(graph: onnx.GraphProto) -> bool:
         # ONNX start/end follow Python slicing: negative counts from the back, then clamp to [0, rank]
         value = np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], np.int64)
         folded[index] = [numpy_helper.from_array(value, node.output[0])]
+    return _add_folded(graph, folded)
+
+
+def _fold_shape_parts(graph: onnx.GraphProto) -> bool:
+    """Gather or Slice of a Shape whose picked dims are all static is a constant even when other dims are
+    dynamic: dynamic-batch exports compute head sizes and flatten widths this way (Shape -> Gather(2) ->
+    Cast -> Sqrt), and the int8 model keeps its dynamic dims, so these must fold without --shape."""
+    shapes = tensor_shapes(graph)
+    constants = initializers(graph)
+    outputs = graph_output_names(graph)
+    dims_of = {}  # Shape output -> the dims it holds (None where dynamic)
+    for node in graph.node:
+        if node.op_type == "Shape" and node.domain in DEFAULT_DOMAINS and shapes.get(node.input[0]) is not None:
+            attrs = {a.name: a.i for a in node.attribute}
+            shape = shapes[node.input[0]]
+            dims_of[node.output[0]] = shape[attrs.get("start", 0):attrs.get("end", len(shape))]
+    folded = {}
+    for index, node in enumerate(graph.node):
+        if node.domain not in DEFAULT_DOMAINS or not node.input or node.input[0] not in dims_of \
+                or node.output[0] in outputs or any(name not in constants for name in node.input[1:] if name):
+            continue
+        dims = np.array([-1 if d is None else d for d in dims_of[node.input[0]]], np.int64)
+        args = [numpy_helper.to_array(constants[name]) if name else None for name in node.input[1:]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gather" and attrs.get("axis", 0) == 0:
+            picked = np.take(dims, args[0].astype(np.int64), mode="raise") if args[0].size else args[0]
+        elif node.op_type == "Slice" and len(args) >= 2:
+            starts, ends = args[0], args[1]
+            axes = args[2] if len(args) > 2 and args[2] is not None else np.zeros_like(starts)
+            steps = args[3] if len(args) > 3 and args[3] is not None else np.ones_like(starts)
+            if starts.size != 1 or int(axes.ravel()[0]) not in (0, -1):
+                continue
+            picked = dims[int(starts.ravel()[0]):int(ends.ravel()[0]):int(steps.ravel()[0])]
+        else:
+            continue
+        if np.all(picked >= 0):
+            folded[index] = [numpy_helper.from_array(np.asarray(picked, np.int64), node.output[0])]
     return _add_folded(graph, folded)
 
 
