@@ -276,3 +276,30 @@ def test_export_quirks_unnamed_nodes_shape_subgraph_constant_clip_bounds_initial
         bound = linear_bound(np.abs(w).reshape(4, -1).sum(1), 27, float(np.abs(feeds[0]["x"]).max()),
                              table["x"].scale, initializer(result.model, "W_scale"), table["r"].scale)
         assert np.abs(got - ref).max() <= bound + table["y"].scale  # Reshape requantizes to y's entry
+
+
+def test_float_tensor_computed_from_a_dynamic_shape_is_not_an_activation():
+    """y = x * (1 / W) where W = Cast(Shape(x)[3]) and W stays dynamic: calibration (with --shape) folded
+    that factor away, so the table has no entry for it; convert keeps the Mul in float instead of failing."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "three"], ["w"], axis=0),
+        helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Reciprocal", ["wf"], ["inv"]),
+        helper.make_node("Conv", ["x", "k"], ["c"], name="conv"),
+        helper.make_node("Mul", ["c", "inv"], ["y"], name="mul"),
+    ]
+    model = make_model(nodes, [tensor_info("x", [1, 2, "H", "W"])], [tensor_info("y", [1, 3, "H", "W"])],
+                       [init("three", np.array(3, np.int64)),
+                        init("k", np.random.default_rng(0).normal(size=(3, 2, 1, 1)).astype(np.float32))])
+    x = np.random.default_rng(1).normal(size=(1, 2, 4, 5)).astype(np.float32)
+    c = run_all(model, {"x": x}, ["c"])["c"]
+    table = {"x": symmetric(float(np.abs(x).max())), "c": symmetric(float(np.abs(c).max())),
+             "y": symmetric(float(np.abs(c).max()) / 5)}
+    result = convert(model, table)
+    assert [op.node for op in result.quantized] == ["conv"]
+    assert ("mul", "Mul") in [(name, op) for name, op, _ in result.kept_fp32]
+    y = run_q(result.model, {"x": x})[0]
+    ref = run(model, {"x": x})[0]
+    # conv output error: input and weight rounding plus output rounding, bounded by a few output steps
+    assert np.abs(y - ref).max() <= 3 * table["c"].scale / 5

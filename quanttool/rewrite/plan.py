@@ -109,7 +109,22 @@ def float_tensors(model: onnx.ModelProto, table: dict) -> set[str]:
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     names += [o for n in model.graph.node for o in n.output if o]
-    return {n for n in names if dtypes.get(n, 0) == TensorProto.FLOAT or (dtypes.get(n, 0) == 0 and n in table)}
+    derived = shape_derived(model.graph)
+    return {n for n in names if n not in derived
+            and (dtypes.get(n, 0) == TensorProto.FLOAT or (dtypes.get(n, 0) == 0 and n in table))}
+
+
+def shape_derived(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed only from constants and tensor shapes (Shape, Size), not from input values: e.g.
+    Cast(Shape(x)[2]) in a model whose H stays dynamic. They are not activations: calibration saw them folded
+    to constants, so they have no table entry, and nothing quantizes them."""
+    known = {t.name for t in graph.initializer}
+    derived: set[str] = set()
+    for node in graph.node:  # topological order
+        inputs = [name for name in node.input if name]
+        if node.op_type in ("Shape", "Size") or (inputs and all(name in known or name in derived for name in inputs)):
+            derived.update(o for o in node.output if o)
+    return derived
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
