@@ -14,6 +14,7 @@ from .fold_bn import fold_batchnorm
 from .fold_constants import fold_constants
 from .graph import name_nodes, remove_dead, topo_sort
 from .load import clamp_ir, load_model, model_hash
+from .opset import upgrade_opset
 from .passthrough import remove_passthrough
 from .shapes import fix_input_dims, infer_shapes, input_specs
 from .verify import verify_prepared
@@ -53,6 +54,7 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
     work.CopyFrom(model)
     clamp_ir(work)
     _drop_initializer_inputs(work)
+    work = upgrade_opset(work)
     # Name unnamed nodes by their position in the ORIGINAL graph, so the static (calibrate) and dynamic
     # (convert) preparations of one model agree on names whatever each one folds away.
     name_nodes(work.graph)

@@ -33,6 +33,7 @@ import onnx
 from onnx import helper
 
 from ..errors import QuantError, UsageError, first_line
+from ..prepare.opset import default_opset, upgrade_opset
 from .builder import Builder
 from .params import hardware_params
 from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
@@ -41,7 +42,6 @@ from .qoperator import emit_qoperator
 
 __all__ = ["ConvertResult", "QuantizedOp", "check_table", "convert", "hardware_params"]
 
-MIN_OPSET = 13
 FORMATS = ("qdq", "qoperator")
 
 
@@ -51,30 +51,6 @@ class ConvertResult:
     quantized: list[QuantizedOp]
     kept_fp32: list[tuple[str, str, str]]  # (node name, op_type, reason)
     fmt: str = "qdq"
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    for op in model.opset_import:
-        if op.domain in ("", "ai.onnx"):
-            return op.version
-    return 0
-
-
-def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of `model` at opset >= 13 (per-channel DequantizeLinear needs 13); ir_version kept (at least 7)."""
-    opset = default_opset(model)
-    if opset >= MIN_OPSET:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        return out
-    try:
-        out = onnx.version_converter.convert_version(model, MIN_OPSET)
-    except Exception as exc:
-        raise QuantError(f"model is at opset {opset} and converting it to opset {MIN_OPSET} (needed for per-channel "
-                         f"int8) failed: {first_line(exc)}; "
-                         f"re-export the model at opset >= {MIN_OPSET}") from None
-    out.ir_version = max(model.ir_version, 7)  # opset 13 needs IR 7
-    return out
 
 
 def check_table(model: onnx.ModelProto, table: dict) -> None:
