@@ -117,7 +117,7 @@ def brute_force_kl(hist, levels):
             nonzero = group > 0
             if nonzero.any():
                 q[a:b][nonzero] = group.sum() / nonzero.sum()
-        p, q = p / p.sum(), q / q.sum()
+        p, q = p / p.sum(), (q / q.sum() if q.sum() else q)  # no kept mass: q stays 0 (EPSILON below)
         used = p > 0
         q_used = np.where(q[used] > 0, q[used], kl.EPSILON)
         out.append(np.sum(p[used] * np.log(p[used] / q_used)))
@@ -315,3 +315,21 @@ def test_tengine_minmax_aciq_kl_formulas():
     bin_index = round(t / float(step) - 0.5)
     assert 128 <= bin_index <= 2047
     assert t == float(np.float32(step * np.float32(bin_index + 0.5)))
+
+
+def test_kl_never_clips_a_distribution_that_stays_away_from_zero():
+    """Sigmoid-like values in [0.27, 0.62]: the kept bins of some candidate hold a single non-empty bin, the
+    clipped tail piles into it and P = Q = one spike (KL 0). The guard keeps such candidates out: at most
+    MAX_CLIPPED of the values may be clipped, and among the allowed candidates the brute-force argmin wins."""
+    x = np.random.default_rng(11).uniform(0.27, 0.62, 200_000).astype(np.float32)
+    st = TensorStats()
+    st.update(x)
+    lo, hi = kl.compute_range(st, "unsigned", 8)
+    assert np.mean(x > hi) <= kl.MAX_CLIPPED
+    hist, extent = histogram_over_extent(st, "pos")
+    reference = brute_force_kl(hist, 256)
+    kept = np.cumsum(hist)[np.arange(256, hist.size + 1) - 1]
+    allowed = np.flatnonzero(kept >= (1 - kl.MAX_CLIPPED) * hist.sum())
+    best = allowed[first_min(reference[allowed])]
+    assert hi == pytest.approx((256 + best) * extent / hist.size)
+    assert reference.min() < reference[best]  # the unguarded minimum was elsewhere: the degenerate spike

@@ -11,6 +11,11 @@ Conventions (ours; `compat="tengine"` in tengine.py reproduces Tengine's instead
 - KL = sum over P > 0 of p * log(p / q). Q can be 0 where P > 0 only in bin t-1, when that bin is empty but
   receives the clipped tail; there q is taken as EPSILON = 1e-10 (a heavy, finite penalty for clipping a tail
   into an empty bin), without renormalising Q.
+- Only candidates that clip at most MAX_CLIPPED (0.1%) of the non-zero values compete. KL compares the
+  shapes of P and Q, not where the values sit: a tensor that stays away from 0 (a Sigmoid output in
+  [0.27, 0.62], an input with no black pixel) has a candidate whose kept bins hold one non-empty bin; the
+  clipped tail piles into it, P and Q become the same spike, KL is 0, and that threshold would clip nearly
+  every value (seen on real exports: 6.7 dB output SQNR instead of 42).
 - Threshold = t * bin_width, the right edge of the last kept bin (everything kept is inside the range).
 - Ties: KL values within 1e-9 (relative) of the minimum count as equal; the smallest t wins.
 - Levels: symmetric 2**(bits-1) per side; unsigned 2**bits over [0, max] from the positive histogram;
@@ -33,6 +38,7 @@ from ..stats import TensorStats
 from ._histogram import histogram_over_extent, xlogx
 
 TIE_TOLERANCE = 1e-9
+MAX_CLIPPED = 1e-3
 EPSILON = 1e-10
 TINY = 1e-300
 
@@ -93,7 +99,9 @@ def threshold(stats: TensorStats, which: str, levels: int) -> float:
     if levels >= hist.size:  # as many levels as bins: nothing to merge, keep the whole range
         return extent
     ts, kls = kl_divergences(hist, levels)
-    return float(ts[best_bin(kls)]) * extent / hist.size
+    kept = np.cumsum(hist)[ts - 1]
+    allowed = kept >= (1.0 - MAX_CLIPPED) * kept[-1]  # the last candidate keeps everything: never empty
+    return float(ts[allowed][best_bin(kls[allowed])]) * extent / hist.size
 
 
 def compute_range(stats: TensorStats, kind: str, bits: int = 8) -> tuple[float, float]:
