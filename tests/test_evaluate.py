@@ -313,10 +313,12 @@ def test_data_dependent_output_shapes_are_skipped_with_a_note():
     values sit far from the threshold is still compared, and its SQNR is the one computed here."""
     nodes = [helper.make_node("Mul", ["x", "one"], ["m"], name="mul"),
              helper.make_node("Greater", ["m", "t"], ["keep"], name="gt"),
-             helper.make_node("Compress", ["m", "keep"], ["y"], name="compress")]
-    model = make_model(nodes, [tensor_info("x", [2])], [tensor_info("y", ["k"])],
-                       [init("one", np.ones(1, np.float32)), init("t", np.array(0.302, np.float32))])
-    table = {"x": QParam(0.01, 0), "m": QParam(0.01, 0)}
+             helper.make_node("Compress", ["m", "keep"], ["y"], name="compress"),
+             helper.make_node("MatMul", ["m", "w"], ["v"], name="matmul")]  # an int8 neighbour for the Mul
+    model = make_model(nodes, [tensor_info("x", [2])], [tensor_info("y", ["k"]), tensor_info("v", [1])],
+                       [init("one", np.ones(1, np.float32)), init("t", np.array(0.302, np.float32)),
+                        init("w", np.array([[0.5], [0.25]], np.float32))])
+    table = {"x": QParam(0.01, 0), "m": QParam(0.01, 0), "v": QParam(0.01, 0)}
     result = convert(model, table)
     samples = [("near.npy", {"x": np.array([1.27, 0.3049], np.float32)}),
                ("far.npy", {"x": np.array([1.0, 0.8567], np.float32)})]

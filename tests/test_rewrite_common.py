@@ -303,3 +303,36 @@ def test_float_tensor_computed_from_a_dynamic_shape_is_not_an_activation():
     ref = run(model, {"x": x})[0]
     # conv output error: input and weight rounding plus output rounding, bounded by a few output steps
     assert np.abs(y - ref).max() <= 3 * table["c"].scale / 5
+
+
+def test_add_and_mul_between_float_ops_stay_float():
+    """A LayerNorm spelled out in basic ops (exports below opset 17) between two convs: d*d and var+eps sit
+    between float ops (Sub, ReduceMean, Sqrt) and stay float; the affine Mul/Add next to a conv are int8."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+        helper.make_node("ReduceMean", ["c"], ["mu"], axes=[1], name="mean1"),
+        helper.make_node("Sub", ["c", "mu"], ["d"], name="sub"),
+        helper.make_node("Mul", ["d", "d"], ["sq"], name="square"),
+        helper.make_node("ReduceMean", ["sq"], ["var"], axes=[1], name="mean2"),
+        helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
+        helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+        helper.make_node("Div", ["d", "sd"], ["n"], name="div"),
+        helper.make_node("Mul", ["n", "gamma"], ["g"], name="scale"),
+        helper.make_node("Add", ["g", "beta"], ["a"], name="shift"),
+        helper.make_node("Conv", ["a", "w2"], ["y"], name="conv2"),
+    ]
+    model = make_model(nodes, [tensor_info("x", [1, 4, 5, 5])], [tensor_info("y", [1, 3, 5, 5])],
+                       [init("w1", rng.normal(size=(8, 4, 1, 1)).astype(np.float32)),
+                        init("w2", rng.normal(size=(3, 8, 1, 1)).astype(np.float32)),
+                        init("eps", np.array(1e-5, np.float32)),
+                        init("gamma", rng.uniform(0.5, 1.5, size=(1, 8, 1, 1)).astype(np.float32)),
+                        init("beta", rng.normal(size=(1, 8, 1, 1)).astype(np.float32) * 0.1)])
+    feeds = [{"x": rng.normal(size=(1, 4, 5, 5)).astype(np.float32)} for _ in range(4)]
+    result = convert(model, calibrate(model, feeds))
+    kept = {name: reason for name, _, reason in result.kept_fp32}
+    assert "float ops only" in kept["square"] and "float ops only" in kept["add_eps"]
+    assert {"conv1", "scale", "shift", "conv2"} <= {op.node for op in result.quantized}
+    ref = np.concatenate([run(model, f)[0] for f in feeds])
+    got = np.concatenate([run_q(result.model, f)[0] for f in feeds])
+    assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 25  # 8-bit, 4 quantized ops

@@ -127,6 +127,43 @@ def shape_derived(graph: onnx.GraphProto) -> set[str]:
     return derived
 
 
+def _float_islands(graph: onnx.GraphProto, groups: dict, consumers: dict[str, list[int]]) -> list[int]:
+    """Add/Mul groups with no int8 neighbour: every activation input comes from an op that stays float and
+    every consumer stays float (looking through data-movement ops). Quantizing them only rounds, e.g. the
+    variance + eps of a LayerNorm that an opset < 17 export spells out in basic ops, which Sqrt and Div then
+    amplify. Re-checked until nothing changes, since dropping one may isolate another."""
+    producer = {o: i for i, node in enumerate(graph.node) for o in node.output}
+
+    def source(name: str) -> int | None:  # the op behind `name`, through data movement
+        i = producer.get(name)
+        while i is not None and graph.node[i].op_type in PASS_THROUGH and graph.node[i].input:
+            i = producer.get(graph.node[i].input[0])
+        return i
+
+    def users(name: str) -> set[int]:  # the ops reading `name`, through data movement
+        found, todo = set(), list(consumers.get(name, []))
+        while todo:
+            k = todo.pop()
+            if graph.node[k].op_type in PASS_THROUGH and graph.node[k].input[0] == name:
+                todo += [c for out in graph.node[k].output for c in consumers.get(out, [])]
+            else:
+                found.add(k)
+        return found
+
+    islands: list[int] = []
+    changed = True
+    while changed:
+        changed = False
+        for i, group in groups.items():
+            if group.op_type not in ("Add", "Mul") or i in islands:
+                continue
+            near = {source(x) for x in group.act_inputs} | {k for out in group.outputs for k in users(out)}
+            if not any(k in groups and k != i and k not in islands for k in near):
+                islands.append(i)
+                changed = True
+    return islands
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -234,6 +271,9 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
             reasons[i] = reason
             continue
         groups[i] = group
+    for i in _float_islands(graph, groups, consumers):
+        del groups[i]
+        reasons[i] = "between float ops only: int8 would add rounding and no int8 compute"
 
     absorbed: dict[int, int] = {}
     for i, group in groups.items():
