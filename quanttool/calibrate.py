@@ -14,7 +14,7 @@ from typing import Sequence
 import onnx
 
 from . import algorithms, rules
-from .errors import QuantError, UsageError, warn
+from .errors import QuantError, UsageError, info, warn
 from .inputs import InputSpec, LoadReport, Preprocess, discover, iter_samples
 from .observe import activation_names, observe
 from .qparams import QParam, asymmetric, symmetric, unsigned
@@ -60,11 +60,14 @@ def choose_params(model: onnx.ModelProto, stats: dict[str, TensorStats], setting
 
 
 def samples_digest(samples: Sequence[dict[str, Path]], roots: dict[str, Path]) -> str:
-    """Identify the image set by its relative paths, so cached statistics are reused only for the same set."""
+    """Identify the image set by relative path, size and modification time of every file, so cached statistics
+    are reused only for the same files (another folder with the same names is another set)."""
     digest = hashlib.sha256()
     for sample in samples:
         for name in sorted(sample):
-            digest.update(f"{name}={sample[name].relative_to(roots[name]).as_posix()}\n".encode())
+            info = sample[name].stat()
+            rel = sample[name].relative_to(roots[name]).as_posix()
+            digest.update(f"{name}={rel} {info.st_size} {info.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -73,15 +76,17 @@ def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Pat
             stats_path: str | Path | None = None) -> tuple[dict[str, TensorStats], dict[str, str]]:
     """Statistics for every float activation, from the cache when it matches, else from one pass."""
     samples = discover(roots, max_images)
-    meta = {"model_sha256": model_sha, "preprocess": pp.describe(), "images": str(len(samples)),
-            "image_set": samples_digest(samples, roots)}
+    meta = {"model_sha256": model_sha, "preprocess": pp.describe(),
+            "input_shapes": " ".join(f"{spec.name}={'x'.join(map(str, spec.shape))}" for spec in specs),
+            "images": str(len(samples)), "image_set": samples_digest(samples, roots)}
     if stats_path is not None and Path(stats_path).exists():
         stats, cached = load_stats(stats_path)
-        for key in ("model_sha256", "preprocess", "image_set"):
+        for key in ("model_sha256", "preprocess", "input_shapes", "image_set"):
             if cached.get(key) != meta[key]:
                 raise QuantError(f"{stats_path}: cached statistics were made with a different "
                                  f"{key.replace('_', ' ')} ({cached.get(key)!r}, now {meta[key]!r}); "
                                  f"delete the file or pass another --stats path")
+        info(f"reusing the statistics in {stats_path} (same model, images and preprocessing): no inference")
         return stats, cached
     report = LoadReport()
     shared = {src for src, _ in rules.shared_inputs(model)}

@@ -23,11 +23,16 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def warn(message: str) -> None:
-    """Print a one-line warning on stderr without breaking an active tqdm progress bar."""
-    try:
-        from tqdm import tqdm
+def _note(text: str) -> None:
+    """One line on stderr (stdout carries the command's result), without breaking a tqdm progress bar."""
+    from tqdm import tqdm
 
-        tqdm.write(f"quanttool: warning: {message}", file=sys.stderr)
-    except Exception:  # pragma: no cover - tqdm is a hard dependency; this is belt and braces
-        print(f"quanttool: warning: {message}", file=sys.stderr)
+    tqdm.write(text, file=sys.stderr)
+
+
+def info(message: str) -> None:
+    _note(f"quanttool: {message}")
+
+
+def warn(message: str) -> None:
+    _note(f"quanttool: warning: {message}")

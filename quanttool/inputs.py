@@ -333,7 +333,8 @@ def load_image(path: Path, pp: Preprocess) -> np.ndarray:
         hint = " with --focus" if pp.focus else ""
         raise QuantError(
             f"{path}: the model input has {c} channels but --color {pp.color}{hint} gives {expected}; "
-            "fix --color (rgb, bgr, gray), --focus or --shape"
+            "fix --color (rgb, bgr, gray), --focus or --shape (preprocessing options apply to every input: "
+            "an input that needs other ones can be given as .npy tensors)"
         )
     if pp.focus:
         height, width = 2 * height, 2 * width

@@ -101,6 +101,12 @@ def test_stats_cache_reused_without_inference_and_mismatch_is_an_error(setup, mo
         calibrate_table(path, tmp / "d.scale", Settings("minmax"), images=[str(images)], stats_path=cache,
                         **{**OPTIONS, "norm": "0.5"})
     assert not (tmp / "d.scale").exists()
+    other = tmp / "other"  # the same relative names, other contents: another image set
+    other.mkdir()
+    for i in range(5):
+        np.save(other / f"{i}.npy", np.full((3, 6, 6), float(i), np.float32))
+    with pytest.raises(QuantError, match="image set"):
+        calibrate_table(path, tmp / "e.scale", Settings("minmax"), images=[str(other)], stats_path=cache, **OPTIONS)
 
 
 def test_compat_tengine_aciq_matches_tengine_formula(setup):
@@ -174,3 +180,22 @@ def test_opset_11_softmax_over_channels_converts_with_its_table(tmp_path):
     ref = run(model, {"x": xs[0][None]})[0]
     got = run_int8(q, {"x": xs[0][None]})[0]
     assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 25  # 8-bit conv + softmax: ~35-45 dB
+
+
+def test_stats_cache_is_not_reused_for_other_input_shapes(tmp_path):
+    from PIL import Image
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    model = make_model(nodes, [tensor_info("x", [1, 3, "H", "W"])], [tensor_info("y", [1, 2, "H", "W"])],
+                       [init("w", np.ones((2, 3, 1, 1), np.float32))])
+    path = tmp_path / "d.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "png"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 7, 3), dtype=np.uint8)).save(folder / "a.png")
+    cache = tmp_path / "s.npz"
+    calibrate_table(path, tmp_path / "a.scale", Settings("minmax"), images=[str(folder)], stats_path=cache,
+                    **{**OPTIONS, "shape": ("3,6,6",)})
+    with pytest.raises(QuantError, match="preprocess|input shapes"):
+        calibrate_table(path, tmp_path / "b.scale", Settings("minmax"), images=[str(folder)], stats_path=cache,
+                        **{**OPTIONS, "shape": ("3,8,8",)})
