@@ -65,3 +65,16 @@ def test_output_read_by_another_node_stays_quantized():
         produced = {o for n in result.model.graph.node for o in n.output}
         assert "f_quantized" in produced and "p_quantized" not in produced, fmt
         run_q(result.model, {"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)})  # loads and runs
+
+
+def test_no_node_output_is_left_unread():
+    """The qoperator form reads X_quantized directly; the DequantizeLinear that the QDQ form would need for
+    X must not be left behind, unread (an integer-only model for hardware should hold only what runs)."""
+    model = _model()
+    rng = np.random.default_rng(6)
+    table = calibrate(model, [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)}])
+    for fmt in ("qdq", "qoperator"):
+        graph = convert(model, table, fmt=fmt).model.graph
+        read = {o.name for o in graph.output} | {name for node in graph.node for name in node.input}
+        unread = [node.name or node.op_type for node in graph.node if not any(o in read for o in node.output)]
+        assert unread == [], (fmt, unread)

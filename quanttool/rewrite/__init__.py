@@ -100,6 +100,7 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
     del graph.node[:]
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.inits)
+    _drop_dead_qdq(graph)
     _drop_unused(graph)
     for domain in sorted(b.domains):
         if not any(o.domain == domain for o in model.opset_import):
@@ -110,6 +111,20 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
         raise QuantError(f"internal error: the int8 model fails the ONNX checker: {first_line(exc)}; "
                          f"report this, and --exclude the node it names to work around it") from None
     return ConvertResult(model, quantized, plan.kept, fmt)
+
+
+def _drop_dead_qdq(graph: onnx.GraphProto) -> None:
+    """Q/DQ nodes nobody reads (the qoperator form reads X_quantized directly, leaving X's DequantizeLinear
+    unused): ORT would skip them, but they clutter a model meant to be integer-only."""
+    while True:
+        read = {o.name for o in graph.output} | {name for node in graph.node for name in node.input}
+        dead = {i for i, node in enumerate(graph.node) if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(out in read for out in node.output)}
+        if not dead:
+            return
+        keep = [node for i, node in enumerate(graph.node) if i not in dead]
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
