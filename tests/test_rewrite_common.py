@@ -336,3 +336,14 @@ def test_add_and_mul_between_float_ops_stay_float():
     ref = np.concatenate([run(model, f)[0] for f in feeds])
     got = np.concatenate([run_q(result.model, f)[0] for f in feeds])
     assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 25  # 8-bit, 4 quantized ops
+
+
+def test_exclude_typo_warns_with_the_right_spelling(capsys):
+    nodes = [helper.make_node("Add", ["x", "x"], ["y"], name="add1"),
+             helper.make_node("MatMul", ["y", "w"], ["z"], name="mm")]
+    model = make_model(nodes, [tensor_info("x", [2, 2])], [tensor_info("z", [2, 2])],
+                       [init("w", np.eye(2, dtype=np.float32))])
+    table = {"x": QParam(0.1, 0), "y": QParam(0.1, 0), "z": QParam(0.1, 0)}
+    result = convert(model, table, exclude=["add"])
+    assert "did you mean 'Add'" in capsys.readouterr().err
+    assert {op.node for op in result.quantized} == {"add1", "mm"}  # nothing was excluded

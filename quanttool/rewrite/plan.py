@@ -231,8 +231,10 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
             consumers.setdefault(name, []).append(i)
     excluded_set = set(exclude)
     matched = {e for e in excluded_set if e in names or any(n.op_type == e for n in graph.node)}
+    known = {n.op_type.lower(): n.op_type for n in graph.node} | {name.lower(): name for name in names}
     for e in sorted(excluded_set - matched):
-        warn(f"--exclude {e}: no node or op type of this name in the model; ignored")
+        hint = f" (did you mean {known[e.lower()]!r}? names are case-sensitive)" if e.lower() in known else ""
+        warn(f"--exclude {e}: no node or op type of this name in the model; ignored{hint}")
 
     def excluded(i: int) -> bool:
         return names[i] in excluded_set or graph.node[i].op_type in excluded_set
