@@ -12,6 +12,7 @@ Prints, side by side:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,11 +27,12 @@ from quanttool.runtime import session
 
 
 
-def peak_rss_mb(args: list[str]) -> float:
+def peak_rss_mb(args: list[str], env: dict | None = None) -> float:
     """Peak RSS of a child process, measured by a fresh wrapper so earlier children don't count."""
     probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", probe, *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", probe, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     return int(out.stdout.strip()) / 1024
 
 
@@ -71,6 +73,9 @@ def main() -> None:
                "--mean", MEAN, "--norm", NORM, "--resize", "center-crop", "-a", "kl",
                "-o", str(Path(tmp) / "t.scale")]
         rss = {n: peak_rss_mb(cli + ["--max-images", str(n)]) for n in (100, 400)}
+        # glibc gives each allocating thread its own arena, so peak RSS also depends on thread timing
+        # (seen: +-10% between identical runs); with one arena only what the data needs remains
+        one_arena = {n: peak_rss_mb(cli + ["--max-images", str(n)], {"MALLOC_ARENA_MAX": "1"}) for n in (100, 400)}
 
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     n_tensors = len(stats_box["stats"])
@@ -82,6 +87,8 @@ def main() -> None:
     print(f"peak RSS 100 images         : {rss[100]:7.1f} MB")
     print(f"peak RSS 400 images         : {rss[400]:7.1f} MB")
     print(f"ratio RSS 400 / 100         : {rss[400] / rss[100]:7.3f}")
+    print(f"same, MALLOC_ARENA_MAX=1    : {one_arena[100]:7.1f} MB / {one_arena[400]:7.1f} MB = "
+          f"{one_arena[400] / one_arena[100]:.3f}")
 
 
 if __name__ == "__main__":
