@@ -57,7 +57,10 @@ def observe(model: onnx.ModelProto, samples: Iterable[tuple[str, Mapping[str, np
     names = activation_names(model) if names is None else names
     inputs = {inp.name for inp in model.graph.input}
     run_names = [n for n in names if n not in inputs]
-    sess = session(with_outputs(model, run_names), threads, "model")
+    shapes = ", ".join(f"{i.name}=" + "x".join(str(d.dim_value) for d in i.type.tensor_type.shape.dim)
+                       for i in model.graph.input)
+    # the dims are fixed by then: an inconsistent --shape is the usual reason onnxruntime refuses the graph
+    sess = session(with_outputs(model, run_names), threads, f"the model at input shapes {shapes} (check --shape)")
     stats = {name: TensorStats() for name in names}
 
     def fold(key: str, values: dict[str, np.ndarray]) -> None:
