@@ -192,3 +192,19 @@ def test_labels_with_bom_and_out_of_range_label(workspace, capsys):
     code, _, err = run_cli(capsys, "evaluate", "-m", flat, "-f", tmp / "f.scale", "-i", images, "--labels", labels)
     message = one_line_error(err)
     assert code == 1 and "99" in message and "4 classes" in message
+
+
+def test_inconsistent_shapes_for_two_inputs_point_at_the_shape_option(tmp_path, capsys):
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"], name="add")]
+    model = make_model(nodes, [tensor_info("a", [1, 1, "H", "W"]), tensor_info("b", [1, 1, "H", "W"])],
+                       [tensor_info("y", [1, 1, "H", "W"])])
+    path = tmp_path / "two.onnx"
+    onnx.save(model, str(path))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "0.npy", np.zeros((1, 4, 4) if name == "a" else (1, 5, 5), np.float32))
+    code, _, err = run_cli(capsys, "calibrate", "-m", path, "--images", f"a={tmp_path / 'a'}",
+                           "--images", f"b={tmp_path / 'b'}", "--shape", "a=1,4,4", "--shape", "b=1,5,5",
+                           "-o", tmp_path / "t.scale")
+    message = one_line_error(err)
+    assert code == 1 and "--shape" in message and not (tmp_path / "t.scale").exists()
