@@ -15,7 +15,7 @@ import onnx
 
 from . import algorithms, rules
 from .errors import QuantError, UsageError, info, warn
-from .inputs import InputSpec, LoadReport, Preprocess, discover, iter_samples
+from .inputs import InputSpec, LoadReport, Preprocess, describe, discover, iter_samples
 from .observe import activation_names, observe
 from .qparams import QParam, asymmetric, symmetric, unsigned
 from .stats import TensorStats, load_stats, save_stats
@@ -71,12 +71,12 @@ def samples_digest(samples: Sequence[dict[str, Path]], roots: dict[str, Path]) -
     return digest.hexdigest()[:16]
 
 
-def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Path], pp: Preprocess, *,
-            max_images: int | None, threads: int, model_sha: str,
+def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Path],
+            pp: Preprocess | dict[str, Preprocess], *, max_images: int | None, threads: int, model_sha: str,
             stats_path: str | Path | None = None) -> tuple[dict[str, TensorStats], dict[str, str]]:
     """Statistics for every float activation, from the cache when it matches, else from one pass."""
     samples = discover(roots, max_images)
-    meta = {"model_sha256": model_sha, "preprocess": pp.describe(),
+    meta = {"model_sha256": model_sha, "preprocess": describe(pp),
             "input_shapes": " ".join(f"{spec.name}={'x'.join(map(str, spec.shape))}" for spec in specs),
             "images": str(len(samples)), "image_set": samples_digest(samples, roots)}
     if stats_path is not None and Path(stats_path).exists():

@@ -9,6 +9,7 @@ import functools
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -40,18 +41,56 @@ def parse_shapes(values: Sequence[str]) -> dict[str | None, tuple[int, int, int]
     return shapes
 
 
+def per_input(values: Sequence[str] | str | None, option: str, names: Sequence[str], default: str | None):
+    """`VALUE` for every input and `NAME=VALUE` for one: {input name: value text}."""
+    values = (values,) if isinstance(values, str) else tuple(values or ())
+    chosen: dict[str | None, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        key = name if sep and name in names else None  # "=" inside a plain value is not a name
+        text = text if key is not None else value
+        if key in chosen:
+            raise UsageError(f"{option} given twice for {'input ' + repr(key) if key else 'all inputs'}")
+        chosen[key] = text
+    return {name: chosen.get(name, chosen.get(None, default)) for name in names}
+
+
+def _preprocessing(names: Sequence[str], shapes: dict, mean, norm, color, resize, pad_value, focus):
+    """One Preprocess per model input (the options may set inputs apart with NAME=VALUE)."""
+    columns = {
+        "mean": per_input(mean, "--mean", names, "0"), "norm": per_input(norm, "--norm", names, "1"),
+        "color": per_input(color, "--color", names, "rgb"), "resize": per_input(resize, "--resize", names, "stretch"),
+        "pad_value": per_input(pad_value, "--pad-value", names, None),
+    }
+    result = {}
+    for name in names:
+        pad = columns["pad_value"][name]
+        try:
+            pad = None if pad is None else float(pad)
+        except ValueError:
+            raise UsageError(f"--pad-value {pad!r} is not a number") from None
+        result[name] = Preprocess(shape=shapes.get(name, shapes.get(None)),
+                                  mean=parse_floats(columns["mean"][name], "--mean"),
+                                  norm=parse_floats(columns["norm"][name], "--norm"),
+                                  color=columns["color"][name], resize=columns["resize"][name], pad_value=pad,
+                                  focus=focus)
+    return result
+
+
 class Inputs:
     """The model and images as the options describe them, loaded and checked once."""
 
-    def __init__(self, model: Path, images: Sequence[str], shape: Sequence[str], mean: str, norm: str, color: str,
-                 resize: str, pad_value: float | None, focus: bool, max_images: int | None, threads: int):
+    def __init__(self, model: Path, images: Sequence[str], shape: Sequence[str], mean, norm, color, resize,
+                 pad_value, focus: bool, max_images: int | None, threads: int):
         self.path = Path(model)
         self.model = prep.load_model(self.path)
         self.sha = prep.model_hash(self.path)
         self.shapes = parse_shapes(shape)
-        first = next(iter(self.shapes.values()), None)
-        self.pp = Preprocess(shape=first, mean=parse_floats(mean, "--mean"), norm=parse_floats(norm, "--norm"),
-                             color=color, resize=resize, pad_value=pad_value, focus=focus)
+        names = [info.name for info in prep.shapes.model_inputs(self.model.graph)]
+        by_input = _preprocessing(names, self.shapes, mean, norm, color, resize, pad_value, focus)
+        # one input (or all alike): a plain Preprocess, as the single-input pipeline and its cache key expect
+        alike = len({replace(pp, shape=None) for pp in by_input.values()}) <= 1
+        self.pp = next(iter(by_input.values())) if alike and by_input else by_input
         self.roots = parse_image_dirs(images, [spec.name for spec in self.specs]) if images else None
         self.max_images = max_images
         self.threads = threads

@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -333,8 +333,7 @@ def load_image(path: Path, pp: Preprocess) -> np.ndarray:
         hint = " with --focus" if pp.focus else ""
         raise QuantError(
             f"{path}: the model input has {c} channels but --color {pp.color}{hint} gives {expected}; "
-            "fix --color (rgb, bgr, gray), --focus or --shape (preprocessing options apply to every input: "
-            "an input that needs other ones can be given as .npy tensors)"
+            "fix --color (rgb, bgr, gray; NAME=gray for one input of several), --focus or --shape"
         )
     if pp.focus:
         height, width = 2 * height, 2 * width
@@ -382,11 +381,21 @@ def _load_npy(path: Path, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(expected), dtype=dtype)
 
 
-def load_sample(paths: dict[str, Path], specs: Sequence[InputSpec], pp: Preprocess) -> dict[str, np.ndarray]:
-    """Feeds ready for onnxruntime (batch 1) for one sample. Raises UnreadableInput for a corrupt file and
-    QuantError for a shape, dtype or channel mismatch."""
+def describe(pp: Preprocess | Mapping[str, Preprocess]) -> str:
+    """Preprocess.describe for one setting, or for each input when they differ (the stats cache key)."""
+    if isinstance(pp, Preprocess):
+        return pp.describe()
+    return "; ".join(f"{name}: {each.describe()}" for name, each in pp.items())
+
+
+def load_sample(paths: dict[str, Path], specs: Sequence[InputSpec],
+                preprocess: Preprocess | Mapping[str, Preprocess]) -> dict[str, np.ndarray]:
+    """Feeds ready for onnxruntime (batch 1) for one sample; `preprocess` is one setting for every input or
+    one per input name. Raises UnreadableInput for a corrupt file and QuantError for a shape, dtype or
+    channel mismatch."""
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
+        pp = preprocess if isinstance(preprocess, Preprocess) else preprocess[spec.name]
         path = Path(paths[spec.name])
         if not all(isinstance(d, (int, np.integer)) and d > 0 for d in spec.shape):
             raise QuantError(f"input '{spec.name}' has no static shape {tuple(spec.shape)}; pass --shape C,H,W")
@@ -410,7 +419,7 @@ def load_sample(paths: dict[str, Path], specs: Sequence[InputSpec], pp: Preproce
 def iter_samples(
     samples: Sequence[dict[str, Path]],
     specs: Sequence[InputSpec],
-    pp: Preprocess,
+    pp: Preprocess | Mapping[str, Preprocess],
     threads: int = 1,
     prefetch: int = 8,
     report: LoadReport | None = None,

@@ -208,3 +208,33 @@ def test_inconsistent_shapes_for_two_inputs_point_at_the_shape_option(tmp_path, 
                            "-o", tmp_path / "t.scale")
     message = one_line_error(err)
     assert code == 1 and "--shape" in message and not (tmp_path / "t.scale").exists()
+
+
+def test_two_image_inputs_with_their_own_preprocessing(tmp_path, capsys):
+    """An RGB input and a gray one: --color b=gray and --norm b=... apply to b only; the table's scale for each
+    input equals its own preprocessed maximum computed here (minmax, never negative: max / 255)."""
+    nodes = [helper.make_node("GlobalAveragePool", ["a"], ["pa"], name="gap_a"),
+             helper.make_node("GlobalAveragePool", ["b"], ["pb"], name="gap_b"),
+             helper.make_node("Concat", ["pa", "pb"], ["y"], axis=1, name="cat")]
+    model = make_model(nodes, [tensor_info("a", [1, 3, 4, 4]), tensor_info("b", [1, 1, 4, 4])],
+                       [tensor_info("y", [1, 4, 1, 1])])
+    path = tmp_path / "ab.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 200, (4, 4, 3), dtype=np.uint8)
+    gray = rng.integers(0, 250, (4, 4), dtype=np.uint8)
+    for name, pixels in (("a", rgb), ("b", gray)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels).save(tmp_path / name / "0.png")
+    code, _, err = run_cli(capsys, "calibrate", "-m", path, "--images", f"a={tmp_path / 'a'}",
+                           "--images", f"b={tmp_path / 'b'}", "--color", "b=gray", "--norm", "0.5",
+                           "--norm", "b=0.01", "-o", tmp_path / "t.scale")
+    assert code == 0, err
+    from quanttool.table import read_table
+
+    table = read_table(tmp_path / "t.scale").params
+    assert table["a"].scale == pytest.approx(rgb.max() * 0.5 / 255, rel=1e-6)
+    assert table["b"].scale == pytest.approx(gray.max() * 0.01 / 255, rel=1e-6)
+    code, _, err = run_cli(capsys, "calibrate", "-m", path, "--images", f"a={tmp_path / 'a'}",
+                           "--images", f"b={tmp_path / 'b'}", "--color", "b=gray", "--color", "b=rgb")
+    assert code == 2 and "--color given twice" in one_line_error(err)
