@@ -29,3 +29,17 @@ def run(model, feeds):
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+def int8_session(model):
+    """onnxruntime with int8 QDQ kept as int8 (S8S8 kernels), as quanttool runs int8 models: by default
+    onnxruntime on x86 runs U8S8 kernels that saturate on CPUs without VNNI and give other numbers."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_int8(model, feeds):
+    return int8_session(model).run(None, feeds)

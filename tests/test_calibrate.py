@@ -11,8 +11,7 @@ from quanttool.calibrate import Settings
 from quanttool.commands import calibrate_table, convert_model
 from quanttool.errors import QuantError
 from quanttool.table import read_table
-from quanttool.runtime import session
-from tests.helpers import init, make_model, run, tensor_info
+from tests.helpers import init, make_model, run, run_int8, tensor_info
 
 OPTIONS = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False,
                max_images=None, threads=0)
@@ -150,10 +149,6 @@ def test_all_zero_tensor_gets_a_usable_scale_and_a_warning(tmp_path, capsys):
     s_w = np.abs(numpy_helper.to_array(model.graph.initializer[1])).reshape(4, -1).max(axis=1) / 127
     step = table["z"].scale * s_w  # the int32 bias grid
     assert np.all(np.abs(y[0, :, 0, 0] - bias) <= step / 2 + 1e-6)
-
-
-def run_int8(model, feeds):
-    return session(model).run(None, feeds)
 
 
 def test_opset_11_softmax_over_channels_converts_with_its_table(tmp_path):

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper
 
@@ -18,18 +17,9 @@ from quanttool.evaluate.report_html import PLOT_HINT
 from quanttool.qparams import QParam, qrange
 from quanttool.rewrite import convert
 from quanttool.runtime import with_outputs
-from tests.helpers import init, make_model, run, tensor_info
+from tests.helpers import init, make_model, run, run_int8, tensor_info
 
 RNG = np.random.default_rng(7)
-
-
-def run_int8(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    """onnxruntime with int8 QDQ kept as int8 (S8S8 kernels), the setting quanttool runs int8 models with;
-    onnxruntime's default u8s8 kernels saturate on CPUs without VNNI and give other numbers."""
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.qdqisint8allowed", "1")
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
 
 
 # ---- formulas, written out independently of quanttool.evaluate.metrics ------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quanttool.errors import QuantError
 from quanttool.qparams import QParam, symmetric, unsigned
 from quanttool.rewrite import check_table, convert
-from tests.helpers import init, make_model, run, tensor_info
+from tests.helpers import init, int8_session, make_model, run, run_int8, tensor_info
 
 
 # ---- helpers shared by the test_rewrite_* files ------------------------------------------------------------
@@ -28,22 +27,12 @@ def with_outputs(model: onnx.ModelProto, names, dtype=TensorProto.FLOAT) -> onnx
     return out
 
 
-def session(model) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    # On x86 onnxruntime turns int8 QDQ activations into uint8 and runs U8S8 kernels, which saturate int16 pair
-    # sums on CPUs without VNNI (AVX2): an int8 conv can be off by tens of LSB. Allowing int8 QDQ keeps the
-    # exact S8S8 kernels (what the qoperator format uses anyway).
-    options.add_session_config_entry("session.qdqisint8allowed", "1")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def run_q(model, feeds) -> list[np.ndarray]:
-    return session(model).run(None, feeds)
+run_q = run_int8  # the int8 models run as quanttool runs them (tests/helpers.py)
 
 
 def run_all(model, feeds, names, dtype=TensorProto.FLOAT) -> dict[str, np.ndarray]:
     m = with_outputs(model, names, dtype)
-    sess = session(m)
+    sess = int8_session(m)
     outs = [o.name for o in sess.get_outputs()]
     return dict(zip(outs, sess.run(None, feeds)))
 
