@@ -8,10 +8,11 @@ from collections import Counter
 
 import onnx
 
+from .ops import ops_where
 from .qparams import QParam, qrange
 
-# Ops that only move, select or clamp values: int8 in, int8 out with the same parameters.
-PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Relu", "Clip", "Slice"}
+# Ops whose outputs are input values (moved, selected, clamped): int8 in, int8 out with the same parameters.
+PASS_THROUGH = ops_where(shares_params=True)
 
 
 def softmax_fixed(model: onnx.ModelProto, params: dict[str, QParam], bits: int = 8) -> None:

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from ..errors import QuantError, first_line
+from ..ops import ops_where
 from ..qparams import QParam, qrange
 from ..rewrite.plan import QuantizedOp
 from ..runtime import session, with_outputs
@@ -41,7 +42,7 @@ from . import isolated
 from .metrics import ChannelSimilarity, Similarity, clipped_count
 from .report import Accuracy, EvalReport, LayerReport, OutputReport
 
-PER_CHANNEL_OPS = {"Conv", "ConvTranspose"}
+PER_CHANNEL_OPS = ops_where(channels_out=True)
 WORST_CHANNELS = 5
 CHECK_IMAGES = 4  # images on which the plain int8 model runs to confirm run B gives the same outputs
 

@@ -15,9 +15,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..ops import ops_where
 from ..qparams import QParam, qrange
 
-FUSABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
+FUSABLE_PRODUCERS = ops_where(fuses_activation=True)
+ACTIVATIONS = ops_where(activation=True)  # Relu, Clip
 
 
 def clip_bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[float, float] | None:

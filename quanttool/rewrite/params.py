@@ -10,10 +10,10 @@ Concat and pass-through/pooling ops: M_i = s_i / s_out. Sigmoid-like ops are loo
 
 from __future__ import annotations
 
+from ..ops import ops_where
 from ..qparams import QParam, decompose_multiplier
 
-LINEAR_WEIGHT = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-NONLINEAR = {"Sigmoid", "HardSigmoid", "LeakyRelu", "Softmax"}
+NONLINEAR = ops_where(lookup=True)  # lookup tables: no multiplier
 
 
 def _multiplier(m: float) -> dict:

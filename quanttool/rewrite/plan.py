@@ -13,25 +13,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QuantError, warn
+from ..ops import OPS, ops_where
 from ..qparams import QParam
-from .fuse import FUSABLE_PRODUCERS, absorbable
+from .fuse import ACTIVATIONS, FUSABLE_PRODUCERS, absorbable
 
 # Ops with int8 kernels in onnxruntime: their float inputs and outputs are always quantized.
-# Value: indices of the activation inputs (None = every input).
-COMPUTE = {
-    "Conv": (0,), "ConvTranspose": (0,), "Gemm": (0,), "MatMul": (0, 1), "Add": (0, 1), "Mul": (0, 1),
-    "Concat": None, "AveragePool": (0,), "GlobalAveragePool": (0,), "MaxPool": (0,), "GlobalMaxPool": (0,),
-    "Resize": (0,), "Sigmoid": (0,), "HardSigmoid": (0,), "LeakyRelu": (0,), "Softmax": (0,),
-}
+COMPUTE = ops_where(kind="compute")
 # Data-movement ops (and lone Relu/Clip): quantized only when their data input already is, so int8 flows through.
-PASS_THROUGH = {
-    "Reshape": (0,), "Flatten": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Slice": (0,),
-    "Gather": (0,), "Split": (0,), "Pad": (0,), "DepthToSpace": (0,), "SpaceToDepth": (0,), "Expand": (0,),
-    "Tile": (0,), "Relu": (0,), "Clip": (0,),
-}
-WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+PASS_THROUGH = ops_where(kind="move")
+WEIGHT_OPS = ops_where(weight=True)
 # Ops whose constant operands are quantized per-tensor (they have no table entry).
-CONST_OPERAND_OPS = {"Add", "Mul", "Concat"}
+CONST_OPERAND_OPS = ops_where(const_operands=True)
 
 
 @dataclass
@@ -250,7 +242,7 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
             continue
         if not node.output or node.output[0] not in floats:
             continue  # integer arithmetic (shape computations) is not quantized
-        indices = COMPUTE[op] if COMPUTE[op] is not None else range(len(node.input))
+        indices = OPS[op].act_inputs if OPS[op].act_inputs is not None else range(len(node.input))
         group = Group(i, names[i], op, "compute", [], [o for o in node.output if o in floats])
         if op in WEIGHT_OPS:
             group.act_inputs = [node.input[0]]
@@ -285,7 +277,7 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
             continue
         j = users[0]
         act = graph.node[j]
-        if act.op_type not in ("Relu", "Clip") or excluded(j) or act.output[0] not in floats:
+        if act.op_type not in ACTIVATIONS or excluded(j) or act.output[0] not in floats:
             continue
         if absorbable(act, _qparam(table, act.output[0]), constants):
             group.act, group.outputs = j, [act.output[0]]

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from onnx import helper
 
+from ..ops import OPS, ops_where
 from .builder import Builder
 from .plan import QuantizedOp, record
 
 MS = "com.microsoft"
-INT8_DIRECT = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Slice", "Gather",
-               "Split", "DepthToSpace", "SpaceToDepth"}
-UNARY = {"GlobalAveragePool": "QLinearGlobalAveragePool", "AveragePool": "QLinearAveragePool",
-         "Sigmoid": "QLinearSigmoid", "LeakyRelu": "QLinearLeakyRelu", "Softmax": "QLinearSoftmax"}
+INT8_DIRECT = ops_where(int8_direct=True)
+UNARY = {op: entry.qlinear for op, entry in OPS.items() if entry.qlinear}
 
 
 def _qin(b: Builder, x: str) -> list[str]:
@@ -42,7 +41,7 @@ def emit_qoperator(b: Builder, i: int, opset: int) -> QuantizedOp | None:
     out = group.outputs[0]
     name = plan.names[i]
 
-    if group.kind == "pass" or op in ("MaxPool", "Resize"):
+    if group.kind == "pass" or op in INT8_DIRECT:
         if op not in INT8_DIRECT or len(node.output) != len(group.outputs):
             return None
         qp_in = b.qp(group.act_inputs[0])
