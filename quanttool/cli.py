@@ -12,10 +12,11 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .algorithms import ALGORITHMS, ALIASES, resolve
 from .errors import QuantError, UsageError
 
-ALGORITHM_CHOICES = [*ALGORITHMS, *ALIASES]  # names, then Tengine's numbers 0/1/2
+# quanttool.algorithms' names, then Tengine's numbers 0/1/2: spelled out here because importing the algorithms
+# pulls in numpy, and `quanttool --help` should not wait for it (tests/test_cli.py checks the two agree)
+ALGORITHM_CHOICES = ["minmax", "kl", "aciq", "percentile", "mse", "0", "1", "2"]
 
 
 def input_options(func):
@@ -95,6 +96,7 @@ def cli(ctx, debug):
 
 
 def _settings(algorithm, scheme, bits, percentile, compat):
+    from .algorithms import resolve
     from .calibrate import Settings, check_settings
 
     settings = Settings(resolve(algorithm), scheme, bits, percentile, compat)

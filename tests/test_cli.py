@@ -47,3 +47,17 @@ def test_usage_errors_are_one_line_exit_2(args, needle):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_algorithm_choices_match_the_algorithms():
+    # cli.py spells the names out so `--help` does not import numpy; they must be the algorithms' own
+    from quanttool import algorithms, cli
+
+    assert cli.ALGORITHM_CHOICES == [*algorithms.ALGORITHMS, *algorithms.ALIASES]
+
+
+def test_help_imports_neither_numpy_nor_onnx():
+    code = ("import sys; from quanttool import cli\ntry: cli.cli.main(['--help'], standalone_mode=False)\n"
+            "except SystemExit: pass\nprint(sorted(m for m in ('numpy', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
