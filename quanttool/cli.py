@@ -6,13 +6,14 @@ data and model errors, 2 for usage errors. `--debug` shows the Python traceback.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import QuantError, UsageError
+from .errors import QuantError, UsageError, interrupted, one_line
 
 # quanttool.algorithms' names, then Tengine's numbers 0/1/2: spelled out here because importing the algorithms
 # pulls in numpy, and `quanttool --help` should not wait for it (tests/test_cli.py checks the two agree)
@@ -26,9 +27,10 @@ def input_options(func):
                      help="Image folder, searched recursively (.jpg .jpeg .png .bmp .webp .npy), sorted by "
                           "relative path. A model with several inputs takes NAME=DIR once per input; files are "
                           "paired by relative path. .npy files are ready CHW/NCHW float32 tensors."),
-        click.option("-g", "--shape", "shape", multiple=True, metavar="C,H,W | NAME=C,H,W",
-                     help="Input shape, required when the model input has dynamic H/W (dynamic batch becomes 1). "
-                          "NAME=C,H,W sets one input of a multi-input model (repeatable)."),
+        click.option("-g", "--shape", "shape", multiple=True, metavar="C,H,W | DIMS | NAME=DIMS",
+                     help="Input shape after the batch: C,H,W for images, any dims for inputs fed from .npy files "
+                          "(e.g. 512 for an [N,512] input). Required when the input has dynamic dims (dynamic batch "
+                          "becomes 1). NAME=DIMS sets one input of a multi-input model (repeatable)."),
         click.option("-w", "--mean", multiple=True, metavar="V[,V,V] | NAME=V[,V,V]",
                      help="Per-channel mean subtracted from the pixel values (0..255). [default: 0]"),
         click.option("-s", "--norm", multiple=True, metavar="V[,V,V] | NAME=V[,V,V]",
@@ -58,6 +60,13 @@ def model_option(func):
                         help="The fp32 ONNX model.")(func)
 
 
+def _finite(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with NaN is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number in the allowed range", ctx=ctx, param=param)
+    return value
+
+
 def calibration_options(func):
     options = [
         click.option("-a", "--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="minmax", show_default=True,
@@ -67,7 +76,7 @@ def calibration_options(func):
                      help="symmetric: zero point 0, +-127. asymmetric: affine over [min, max]. auto: symmetric, "
                           "but tensors that are never negative use all 256 levels with zero point -128."),
         click.option("--percentile", type=click.FloatRange(50, 100, min_open=True), default=99.99,
-                     show_default=True, help="Percentile of |x| kept by -a percentile."),
+                     show_default=True, callback=_finite, help="Percentile of |x| kept by -a percentile."),
         click.option("--compat", type=click.Choice(["tengine"]), default=None,
                      help="Reproduce Tengine's formulas exactly (symmetric; minmax, kl or aciq)."),
         click.option("--stats", "stats_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -188,40 +197,32 @@ def evaluate(model, quantized, table, labels, json_path, report_path, fmt, top, 
                               report_path=report_path, top=top, **inputs))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def main(argv=None) -> None:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="quanttool", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("quanttool: interrupted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns a Ctrl-C inside a command into Abort
+        interrupted()
     except click.ClickException as exc:  # usage errors from click itself: unknown option, bad choice, ...
         if debug:
             raise
         hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
-        click.echo(f"quanttool: error: {_one_line(exc.format_message())}{hint}", err=True)
+        click.echo(f"quanttool: error: {one_line(exc.format_message())}{hint}", err=True)
         sys.exit(2 if isinstance(exc, click.UsageError) else 1)
     except QuantError as exc:
         if debug:
             raise
-        click.echo(f"quanttool: error: {_one_line(exc)}", err=True)
+        click.echo(f"quanttool: error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("quanttool: interrupted", err=True)
-        sys.exit(130)
     except MemoryError:
         click.echo("quanttool: error: out of memory; use --max-images or a smaller --shape", err=True)
         sys.exit(1)
     except Exception as exc:  # a bug in quanttool: still one line, with the way to the traceback
         if debug:
             raise
-        click.echo(f"quanttool: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        click.echo(f"quanttool: internal error: {type(exc).__name__}: {one_line(exc)} "
                    f"(re-run with --debug for the traceback and please report it)", err=True)
         sys.exit(1)
     sys.exit(0)

@@ -16,18 +16,18 @@ from typing import Sequence
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
 from .errors import QuantError, UsageError, warn
-from .fileio import atomic_open, check_distinct, check_output, write_bytes
+from .fileio import atomic_open, check_outputs, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
 from .table import read_table, write_table
 
 
-def _check_outputs(**paths: Path | None) -> None:
-    """Every output path is checked before any work, so a bad one never leaves the others half done."""
-    for option, path in paths.items():
-        if path is not None:
-            check_output(path, f"--{option}")
+def _check_outputs(inputs: "Inputs", other_inputs: Sequence[Path | None], **outputs: Path | None) -> None:
+    """Every output path is checked before any work, so a bad one never leaves the others half done, and
+    against every input (model and its data files, table, labels, image folders): none is ever replaced."""
+    check_outputs({f"--{option}": path for option, path in outputs.items()}, [*inputs.files, *other_inputs],
+                  folders=(inputs.roots or {}).values())
 
 
 def parse_shapes(values: Sequence[str]) -> dict[str | None, tuple[int, int, int]]:
@@ -83,7 +83,8 @@ class Inputs:
     def __init__(self, model: Path, images: Sequence[str], shape: Sequence[str], mean, norm, color, resize,
                  pad_value, focus: bool, max_images: int | None, threads: int):
         self.path = Path(model)
-        self.model = prep.load_model(self.path)
+        self.model, data_files = prep.read_model(self.path)
+        self.files = [self.path, *data_files]  # what the model was read from (no output may replace them)
         self.sha = prep.model_hash(self.path)
         self.shapes = parse_shapes(shape)
         names = [info.name for info in prep.shapes.model_inputs(self.model.graph)]
@@ -120,11 +121,10 @@ def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> t
 
 def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, **options) -> str:
     start = time.perf_counter()
-    check_distinct(output, model, stats_path, option="--output")
-    _check_outputs(output=output, stats=stats_path)
     inputs = Inputs(model, **options)
     if inputs.roots is None:
         raise UsageError("calibrate needs images: -i DIR")
+    _check_outputs(inputs, [], output=output, stats=stats_path)
     params, meta = _table_params(inputs, inputs.static(), settings, stats_path)
     write_table(output, params, meta)
     return (f"wrote {output}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
@@ -176,11 +176,8 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
                   int8_outputs: bool = False, stats_path=None, **options) -> str:
     from .rewrite import convert, hardware_params
 
-    check_distinct(output, model, table, stats_path, option="--output")
-    if params_path is not None:
-        check_distinct(params_path, model, table, output, option="--params")
-    _check_outputs(output=output, params=params_path, stats=stats_path)
     inputs = Inputs(model, **options)
+    _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
     dynamic = inputs.dynamic()
     if table is not None:
         params = _load_table(table, dynamic, inputs.sha)
@@ -210,12 +207,8 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
     from .inputs import LoadReport, discover, iter_samples
     from .rewrite import convert
 
-    if json_path is not None:
-        check_distinct(json_path, model, quantized, table, option="--json")
-    if report_path is not None:
-        check_distinct(report_path, model, quantized, table, json_path, option="--report")
-    _check_outputs(json=json_path, report=report_path)
     inputs = Inputs(model, **options)
+    _check_outputs(inputs, [quantized, table, labels], json=json_path, report=report_path)
     label_map = ev.read_labels(labels) if labels is not None else None
     # One preparation serves both sides: the static graph has the same node and tensor names as the dynamic
     # one convert rewrote, so converting it again lists the same quantized ops.

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+import stat
+import threading
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -23,11 +26,14 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from numpy.lib import format as npy_format
+from PIL import Image, UnidentifiedImageError
 
-from .errors import QuantError, UsageError, warn
+from .errors import QuantError, UsageError, first_line, warn
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The raster formats each extension promises (Pillow format names): nothing else is ever decoded.
+IMAGE_FORMATS = {".jpg": ["JPEG"], ".jpeg": ["JPEG"], ".png": ["PNG"], ".bmp": ["BMP"], ".webp": ["WEBP"]}
+IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
 EXTENSIONS = IMAGE_EXTENSIONS + (".npy",)
 COLORS = ("rgb", "bgr", "gray")
 RESIZE_MODES = ("stretch", "center-crop", "letterbox")
@@ -47,7 +53,7 @@ class UnreadableInput(QuantError):
 class Preprocess:
     """How an image becomes a tensor. Validated on construction (UsageError naming the option)."""
 
-    shape: tuple[int, int, int] | None = None  # C,H,W from --shape; informational, the InputSpec decides
+    shape: tuple[int, ...] | None = None  # C,H,W (any dims for .npy inputs) from --shape; the InputSpec decides
     mean: tuple[float, ...] = (0.0,)  # 1 value, or one per image channel (after --color)
     norm: tuple[float, ...] = (1.0,)  # Tengine's "scale": tensor = (pixel - mean) * norm
     color: str = "rgb"  # rgb | bgr | gray
@@ -138,15 +144,17 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
     return values
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """'C,H,W' -> three positive ints; UsageError naming --shape otherwise."""
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'C,H,W' (or any number of dims, for inputs fed from .npy files) -> positive ints; UsageError naming
+    --shape otherwise. Whether the count fits the input's rank is checked against the model."""
     items = [item.strip() for item in str(text).split(",")]
     try:
         dims = tuple(int(item) for item in items)
     except ValueError:
         dims = ()
-    if len(dims) != 3 or any(d <= 0 for d in dims):
-        raise UsageError(f"--shape expects C,H,W as three positive integers such as 3,224,224; got '{text}'")
+    if not dims or any(d <= 0 for d in dims):
+        raise UsageError(f"--shape expects positive integers separated by commas, such as 3,224,224 (C,H,W) or "
+                         f"512 for a [N,512] input; got '{text}'")
     return dims
 
 
@@ -200,28 +208,55 @@ def parse_image_dirs(values: Sequence[str], input_names: Sequence[str]) -> dict[
 
 def _scan(folder: Path) -> dict[str, Path]:
     """Relative POSIX path -> file for every accepted file under `folder`, hidden files and folders skipped.
-    Symlinked folders are not followed (they can loop); symlinked files are used."""
+    Symlinked folders are not followed (they can loop); symlinked files are used. Only regular files are
+    read: a dangling or looping symlink, a FIFO or device, and a name that is not valid UTF-8 (it could not
+    be written into tables, labels or reports) are skipped and counted in one warning."""
     folder = Path(folder)
     found: dict[str, Path] = {}
     ignored: list[str] = []
-    for root, dirs, files in os.walk(folder):
+    skipped: list[tuple[str, str]] = []
+    walk_errors: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=walk_errors.append):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for fname in files:
             if fname.startswith("."):
                 continue
             path = Path(root) / fname
             rel = path.relative_to(folder).as_posix()
-            if path.suffix.lower() in EXTENSIONS:
-                found[rel] = path
-            else:
+            if path.suffix.lower() not in EXTENSIONS:
                 ignored.append(rel)
+                continue
+            problem = _unusable(path, rel)
+            if problem:
+                skipped.append((rel, problem))
+            else:
+                found[rel] = path
+    skipped += [(str(error.filename), f"cannot list the folder: {error.strerror}") for error in walk_errors]
     if ignored:
         warn(f"ignored {len(ignored)} file(s) in {folder} with other extensions (e.g. {min(ignored)}); "
              f"accepted: {' '.join(EXTENSIONS)}")
+    if skipped:
+        rel, problem = min(skipped)
+        warn(f"skipped {len(skipped)} file(s) in {folder} that cannot be used, e.g. {rel} ({problem}); "
+             f"only regular files with UTF-8 names are read")
     if not found:
         raise QuantError(f"no usable files in {folder}; accepted extensions: {' '.join(EXTENSIONS)} "
                          f"(searched recursively)")
     return found
+
+
+def _unusable(path: Path, rel: str) -> str | None:
+    """Why a found file cannot be a sample, or None when it can."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    try:
+        mode = os.stat(path).st_mode  # follows a symlink to its target
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return f"broken symlink: {reason}" if path.is_symlink() else reason
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def discover(dirs: dict[str, Path], max_images: int | None = None) -> list[dict[str, Path]]:
@@ -281,11 +316,30 @@ def _spread(samples: list, limit: int | None) -> list:
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def _decode(path: Path, color: str) -> Image.Image:
-    """Open an image as 8-bit 'RGB' or 'L' (palette, alpha, CMYK, 1-bit, gray/colour all converted)."""
-    mode = "L" if color == "gray" else "RGB"
+def _open_regular(path: Path):
+    """Open a sample file for reading, refusing anything but a regular file: opening without blocking and
+    checking the opened file means a FIFO swapped in after discovery cannot hang the run."""
     try:
-        with Image.open(path) as im:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise UnreadableInput(path, f"cannot open it ({exc.strerror or type(exc).__name__})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableInput(path, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode(path: Path, color: str) -> Image.Image:
+    """Open an image as 8-bit 'RGB' or 'L' (palette, alpha, CMYK, 1-bit, gray/colour all converted). Only the
+    raster format its extension promises is tried: content sniffing would hand a '.png' holding PostScript
+    to Ghostscript."""
+    mode = "L" if color == "gray" else "RGB"
+    formats = IMAGE_FORMATS[path.suffix.lower()]
+    try:
+        with _open_regular(path) as handle, Image.open(handle, formats=formats) as im:
             im.load()
             if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
                 # Pillow would clip 16-bit values at 255; scale the full 0..65535 range to 0..255 instead.
@@ -293,8 +347,12 @@ def _decode(path: Path, color: str) -> Image.Image:
                 im = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
             # convert() drops alpha (no compositing) and maps palettes to their colours.
             return im.convert(mode)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise UnreadableInput(path, f"cannot read image ({exc})") from exc
+    except UnidentifiedImageError:
+        raise UnreadableInput(path, f"cannot read image (not a {formats[0]} file, as its extension says)") from None
+    except UnreadableInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- any decoder failure on a file's bytes means the file is unreadable
+        raise UnreadableInput(path, f"cannot read image ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _geometry(im: Image.Image, height: int, width: int, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -361,24 +419,71 @@ def load_image(path: Path, pp: Preprocess) -> np.ndarray:
 
 
 def _load_npy(path: Path, spec: InputSpec) -> np.ndarray:
-    """A ready tensor: CHW or NCHW (any rank: spec.shape or spec.shape[1:]), used as is."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise UnreadableInput(path, f"cannot read .npy ({exc})") from exc
+    """A ready tensor: CHW or NCHW (any rank: spec.shape or spec.shape[1:]), used as is.
+
+    The header is read and checked against the input before any data is read, so a small file claiming a
+    huge shape costs nothing; object (pickled) arrays are refused without being loaded."""
     expected = tuple(int(d) for d in spec.shape)
-    if not isinstance(array, np.ndarray) or array.shape not in (expected, expected[1:]):
-        got = getattr(array, "shape", "not a single array")
-        raise QuantError(
-            f"{path}: .npy shape {got} does not fit input '{spec.name}', expected {expected} or {expected[1:]}; "
-            "re-save the tensor or fix --shape"
-        )
-    dtype = np.dtype(spec.dtype)
-    if not np.can_cast(array.dtype, dtype, casting="same_kind"):
-        raise QuantError(f"{path}: .npy dtype {array.dtype} cannot feed input '{spec.name}' of dtype {dtype}")
+    with _open_regular(path) as handle:
+        shape, fortran, stored = _npy_header(path, handle)
+        if shape not in (expected, expected[1:]):
+            raise QuantError(
+                f"{path}: .npy shape {shape} does not fit input '{spec.name}', expected {expected} or "
+                f"{expected[1:]}; re-save the tensor or fix --shape"
+            )
+        dtype = np.dtype(spec.dtype)
+        if not np.can_cast(stored, dtype, casting="same_kind"):
+            raise QuantError(f"{path}: .npy dtype {stored} cannot feed input '{spec.name}' of dtype {dtype}")
+        size = math.prod(shape) * stored.itemsize
+        data = handle.read(size)
+    if len(data) < size:
+        raise UnreadableInput(path, f"truncated .npy: {len(data)} of {size} data bytes")
+    array = np.frombuffer(data, dtype=stored).reshape(shape, order="F" if fortran else "C")
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise QuantError(f"{path}: .npy contains NaN or Inf; calibration data must be finite")
-    return np.ascontiguousarray(array.reshape(expected), dtype=dtype)
+    return np.ascontiguousarray(_cast(array, dtype, path, spec.name).reshape(expected))
+
+
+_QUIET = threading.Lock()
+
+
+def _npy_header(path: Path, handle) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran order, dtype) from a .npy header; a malformed header makes the file unreadable."""
+    try:
+        # numpy warns (a raw line on stderr) while it parses odd header text; the file is refused or read
+        # either way. The lock keeps decoder threads from restoring each other's warning filters.
+        with _QUIET, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            version = npy_format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # noqa: BLE001 -- numpy parses the header text with ast: many error types
+        raise UnreadableInput(path, f"cannot read .npy ({type(exc).__name__}: {first_line(exc)})") from None
+    return tuple(shape), bool(fortran), np.dtype(dtype)
+
+
+def _cast(array: np.ndarray, dtype: np.dtype, path: Path, name: str) -> np.ndarray:
+    """The array as the input's dtype, refusing casts that change values beyond float rounding: integers
+    that wrap around (int64 300 -> int8 44) and finite values that overflow to infinity (1e300 -> float32)."""
+    if array.dtype == dtype:
+        return array
+    if dtype.kind in "iu" and array.size:
+        lo, hi = int(array.min()), int(array.max())
+        limits = np.iinfo(dtype)
+        if lo < limits.min or hi > limits.max:
+            raise QuantError(f"{path}: .npy values {lo}..{hi} ({array.dtype}) do not fit input '{name}' of dtype "
+                             f"{dtype} ({limits.min}..{limits.max}); re-save the tensor with values in range")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as one error line
+        result = array.astype(dtype)
+    if dtype.kind in "fc" and not np.isfinite(result).all():
+        peak = float(np.abs(array).max())
+        raise QuantError(f"{path}: .npy values up to {peak:g} ({array.dtype}) overflow input '{name}' of dtype "
+                         f"{dtype} (they would become infinite); re-save the tensor with values in range")
+    return result
 
 
 def describe(pp: Preprocess | Mapping[str, Preprocess]) -> str:

@@ -1,7 +1,9 @@
 """The command line: help, version, and one-line errors with the right exit codes."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,49 @@ def test_help_imports_neither_numpy_nor_onnx():
             "except SystemExit: pass\nprint(sorted(m for m in ('numpy', 'onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+INTERRUPT_WHILE_IMPORTING = """
+import sys
+
+class Interrupt:  # a Ctrl-C that lands while the CLI's modules load, as in the first fraction of a second
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["quanttool", "--version"]
+"""
+
+
+def _console_script_entry():
+    """`module:function` of the installed `quanttool` command, as pyproject.toml declares it."""
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    return re.search(r'^quanttool = "([\w.]+):(\w+)"', text, re.M).groups()
+
+
+@pytest.mark.parametrize("launch", [
+    "import runpy; runpy.run_module('quanttool', run_name='__main__', alter_sys=True)",  # python -m quanttool
+    "import importlib; module, function = {entry!r}; getattr(importlib.import_module(module), function)()",
+])
+def test_ctrl_c_while_loading_is_one_line_exit_130(launch):
+    code = INTERRUPT_WHILE_IMPORTING + launch.format(entry=_console_script_entry())
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.split() == ["quanttool:", "interrupted"] and result.stdout == ""
+
+
+def test_ctrl_c_during_a_command_is_one_line_exit_130(monkeypatch, capsys):
+    from quanttool import commands
+    from quanttool.cli import main
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "Inputs", interrupt)
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "-m", "x.onnx", "-i", "d"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 130 and err.split() == ["quanttool:", "interrupted"]

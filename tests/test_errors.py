@@ -2,6 +2,11 @@
 right exit code (1 data/model, 2 usage). Inputs are never modified and failed runs leave no output file."""
 
 import hashlib
+import re
+import resource
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -20,13 +25,19 @@ def run_cli(capsys, *args):
     return exc.value.code, captured.out, captured.err
 
 
-def one_line_error(err: str) -> str:
-    # progress bars (tqdm, on stderr) and warnings may precede the error; the error itself is one line
-    lines = [line for line in err.replace("\r", "\n").strip().splitlines()
-             if line.strip() and "warning" not in line and "img/s" not in line]
-    assert len(lines) == 1, err
+PROGRESS = re.compile(r"^[\w ]+:\s+\d+%\|")  # a tqdm bar: "calibrate:  50%|█████     | 2/4 [...]"
+
+
+def one_line_error(err: str, warnings: int = 0) -> str:
+    """The error of a failed run: exactly one `quanttool: error:` line, exactly `warnings` warning lines, and
+    nothing else on stderr but progress bars (tqdm redraws with \r, so each redraw is split off)."""
     assert "Traceback" not in err
-    return lines[0]
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines()]
+    lines = [line for line in lines if line and not PROGRESS.match(line)]
+    errors = [line for line in lines if line.startswith("quanttool: error: ")]
+    warned = [line for line in lines if line.startswith("quanttool: warning: ")]
+    assert len(errors) == 1 and len(warned) == warnings and len(lines) == 1 + warnings, err
+    return errors[0]
 
 
 @pytest.fixture
@@ -120,17 +131,18 @@ def test_wrong_shape_npy_and_nan(workspace, capsys):
 
 def test_bad_options(workspace, capsys):
     tmp, model, images = workspace
-    for args, needle in [
-        (["calibrate", "-m", model, "-i", images, "--mean", "1,2"], "--mean"),
-        (["calibrate", "-m", model, "-i", images, "--shape", "3,x,8"], "--shape"),
-        (["calibrate", "-m", model, "-i", images, "--shape", "1,8,8"], "shape"),
-        (["calibrate", "-m", model, "-i", images, "--max-images", "0"], "--max-images"),
-        (["calibrate", "-m", model, "-i", tmp / "nowhere"], "nowhere"),
-        (["convert", "-m", model, "-f", tmp / "t.scale", "-o", model], "--output"),
+    for args, needle, exit_code in [
+        (["calibrate", "-m", model, "-i", images, "--mean", "1,2"], "--mean", 2),
+        (["calibrate", "-m", model, "-i", images, "--shape", "3,x,8"], "--shape", 2),
+        (["calibrate", "-m", model, "-i", images, "--shape", "1,8,8"], "shape", 1),  # contradicts the model
+        (["calibrate", "-m", model, "-i", images, "--max-images", "0"], "--max-images", 2),
+        (["calibrate", "-m", model, "-i", tmp / "nowhere"], "nowhere", 2),
+        (["convert", "-m", model, "-f", tmp / "t.scale", "-o", model], "--output", 2),
+        (["calibrate", "-m", model, "-i", images, "-a", "percentile", "--percentile", "nan"], "--percentile", 2),
     ]:
         code, _, err = run_cli(capsys, *args)
         message = one_line_error(err)
-        assert code in (1, 2) and needle in message, (args, message)
+        assert code == exit_code and needle in message, (args, message)
     code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "--colour", "rgb")
     assert code == 2 and "--colour" in one_line_error(err)
 
@@ -170,7 +182,7 @@ def test_bad_output_path_fails_before_any_output_is_written(workspace, capsys):
     assert code == 1 and "is not a folder" in one_line_error(err) and not (tmp / "s.npz").exists()
     code, _, err = run_cli(capsys, "evaluate", "-m", model, "-f", tmp / "t.scale", "-i", images,
                            "--json", tmp / "r.out", "--report", tmp / "r.out")
-    assert code == 1 and "--report" in one_line_error(err) and not (tmp / "r.out").exists()
+    assert code == 2 and "--report" in one_line_error(err) and not (tmp / "r.out").exists()
 
 
 def test_labels_with_bom_and_out_of_range_label(workspace, capsys):
@@ -206,7 +218,7 @@ def test_inconsistent_shapes_for_two_inputs_point_at_the_shape_option(tmp_path, 
     code, _, err = run_cli(capsys, "calibrate", "-m", path, "--images", f"a={tmp_path / 'a'}",
                            "--images", f"b={tmp_path / 'b'}", "--shape", "a=1,4,4", "--shape", "b=1,5,5",
                            "-o", tmp_path / "t.scale")
-    message = one_line_error(err)
+    message = one_line_error(err, warnings=1)  # the original model cannot run at these shapes either
     assert code == 1 and "--shape" in message and not (tmp_path / "t.scale").exists()
 
 
@@ -238,3 +250,114 @@ def test_two_image_inputs_with_their_own_preprocessing(tmp_path, capsys):
     code, _, err = run_cli(capsys, "calibrate", "-m", path, "--images", f"a={tmp_path / 'a'}",
                            "--images", f"b={tmp_path / 'b'}", "--color", "b=gray", "--color", "b=rgb")
     assert code == 2 and "--color given twice" in one_line_error(err)
+
+
+def test_no_output_ever_replaces_an_input(workspace, capsys):
+    """Outputs that are an input by another spelling or link, or that lie inside the image folder, are refused
+    before any work (usage error, exit 2) and every input keeps its bytes."""
+    tmp, model, images = workspace
+    code, _, _ = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    assert code == 0
+    labels = tmp / "labels.txt"
+    labels.write_text("0.png 1\n")
+    outside = tmp / "photos"
+    outside.mkdir()
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(outside / "p.png")
+    (images / "p.png").symlink_to(outside / "p.png")  # an image reached through a link
+    (tmp / "alias").symlink_to(tmp)
+    ext = tmp / "ext"  # a model whose weights live in a data file beside it
+    ext.mkdir()
+    onnx.save_model(onnx.load(str(model)), str(ext / "m.onnx"), save_as_external_data=True, location="m.data",
+                    size_threshold=0)
+    inputs = [model, tmp / "t.scale", labels, *images.iterdir(), outside / "p.png", ext / "m.onnx", ext / "m.data"]
+    before = {path: digest(path) for path in inputs}
+    evaluate = ["evaluate", "-m", model, "-f", tmp / "t.scale", "-i", images, "--labels", labels]
+    cases = [
+        (evaluate + ["--json", labels], "--json"),
+        (evaluate + ["--json", tmp / "alias" / "labels.txt"], "--json"),
+        (evaluate + ["--report", images / "1.png"], "--report"),
+        (evaluate + ["--json", outside / "p.png"], "--json"),
+        (["calibrate", "-m", model, "-i", images, "-o", images / "t.scale"], "--output"),
+        (["calibrate", "-m", model, "-i", tmp / "alias" / "images", "-o", images / "x.npy"], "--output"),
+        (["calibrate", "-m", model, "-i", images, "-o", tmp / "new.scale", "--stats", tmp / "alias" / "m.onnx"],
+         "--stats"),
+        (["convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx", "--params", tmp / "t.scale"],
+         "--params"),
+        (["convert", "-m", ext / "m.onnx", "-f", tmp / "t.scale", "-o", ext / "m.data"], "--output"),
+    ]
+    for args, option in cases:
+        code, _, err = run_cli(capsys, *args)
+        message = one_line_error(err)
+        assert code == 2 and message.startswith(f"quanttool: error: {option} "), (args, message)
+    assert {path: digest(path) for path in inputs} == before
+    assert not (images / "t.scale").exists() and not (images / "x.npy").exists() and not (tmp / "q.onnx").exists()
+
+
+def test_unwritable_params_location_fails_before_the_model_is_written(workspace, capsys):
+    tmp, model, images = workspace
+    run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx",
+                           "--params", "/proc/p.json")  # /proc takes no new files, even from root
+    message = one_line_error(err)
+    assert code == 1 and message.startswith("quanttool: error: --params /proc/p.json: cannot write")
+    assert not (tmp / "q.onnx").exists()
+
+
+def test_full_disk_while_writing_is_one_line_naming_the_file(workspace, capsys):
+    """RLIMIT_FSIZE makes the model write fail for real (EFBIG), as a full disk does (ENOSPC)."""
+    tmp, model, images = workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")[0] == 0
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+    result = subprocess.run([sys.executable, "-m", "quanttool", "convert", "-m", str(model), "-f", str(tmp / "t.scale"),
+                             "-o", str(tmp / "q.onnx")], capture_output=True, text=True, preexec_fn=limit)
+    assert result.returncode == 1
+    assert one_line_error(result.stderr) == (f"quanttool: error: cannot write {tmp / 'q.onnx'}: File too large; "
+                                             f"free some space or write to another location")
+    assert not [p for p in tmp.iterdir() if p.name.startswith((".q.onnx", "q.onnx"))]  # no output, no temp
+
+
+def test_huge_and_hostile_names_give_one_short_line(workspace, capsys):
+    """A 10 MB tensor name (with a terminal escape and a line break in it) is shortened and escaped: the line
+    keeps the file, the start of the name and the fix."""
+    tmp, model, images = workspace
+    run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    name = "\x1b[2J" + "n" * 10_000_000 + "\x07tail"
+    bad = tmp / "long.scale"
+    lines = (tmp / "t.scale").read_text().splitlines()
+    bad.write_text("\n".join(lines + [f"{name} 0.5 0"]) + "\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", bad, "-o", tmp / "q.onnx")
+    message = one_line_error(err)
+    assert code == 1 and len(message) <= 700
+    assert message.startswith(f"quanttool: error: {bad}:{len(lines) + 1}: '\\x1b[2Jnnn")
+    assert message.endswith("is not a tensor of this model; the table was probably made for another model, "
+                            "re-run calibrate")
+    assert "\x1b" not in err and "\x07" not in err
+    assert re.search(r"\[\.\.\. 100\d{5} characters shortened \.\.\.\]", message)
+
+
+def test_npy_inputs_of_any_rank_take_a_shape(tmp_path, capsys):
+    """A [N, 8] input (-g 8) and a [N, T, 1, C] input (-g with the batch, 4 dims) are fed from .npy files; each
+    table entry is max|x| / 127 of the data (minmax, symmetric), computed here."""
+    rng = np.random.default_rng(5)
+    for rank_shape, npy_shape, option in [(["N", 8], (1, 8), "x=8"), (["N", "T", 1, "C"], (6, 1, 4), "x=1,6,1,4")]:
+        model = make_model([helper.make_node("Neg", ["x"], ["y"], name="neg")], [tensor_info("x", rank_shape)],
+                           [tensor_info("y", rank_shape)])
+        folder = tmp_path / f"npy{len(rank_shape)}"
+        folder.mkdir()
+        data = [rng.normal(size=npy_shape).astype(np.float32) for _ in range(3)]
+        for i, array in enumerate(data):
+            np.save(folder / f"{i}.npy", array)
+        path = tmp_path / f"r{len(rank_shape)}.onnx"
+        onnx.save(model, str(path))
+        code, _, err = run_cli(capsys, "calibrate", "-m", path, "-i", folder, "-g", option,
+                               "-o", tmp_path / f"r{len(rank_shape)}.scale")
+        assert code == 0, err
+        from quanttool.table import read_table
+
+        table = read_table(tmp_path / f"r{len(rank_shape)}.scale").params
+        peak = max(float(np.abs(a).max()) for a in data)
+        assert table["x"].scale == pytest.approx(peak / 127, rel=1e-6) and table["x"].zero_point == 0

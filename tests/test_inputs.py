@@ -13,6 +13,7 @@ from quanttool.inputs import (
     InputSpec,
     LoadReport,
     Preprocess,
+    UnreadableInput,
     discover,
     iter_samples,
     load_image,
@@ -62,7 +63,10 @@ def test_parse_floats_rejects_bad_text_naming_the_option(text):
 def test_parse_shape():
     assert parse_shape("3,224,224") == (3, 224, 224)
     assert parse_shape(" 1, 28 ,28") == (1, 28, 28)
-    for bad in ["3,224", "3,224,224,1", "0,2,2", "3,-1,4", "a,b,c", "3x224x224", ""]:
+    # any rank: .npy-fed inputs such as [N, 512] or [N, T, 1, 512]; the model checks the count
+    assert parse_shape("512") == (512,)
+    assert parse_shape("1,1,1,512") == (1, 1, 1, 512)
+    for bad in ["0,2,2", "3,-1,4", "a,b,c", "3x224x224", "", "3,,4"]:
         with pytest.raises(UsageError, match="--shape"):
             parse_shape(bad)
 
@@ -432,5 +436,145 @@ def test_iter_samples_plain_dicts_and_early_stop(tmp_path):
     key, feeds = next(gen)
     assert key == paths[0].as_posix()  # plain dicts (not from discover) are keyed by their file
     np.testing.assert_array_equal(feeds["data"][0], normalise(rgb_array(4, 6, seed=0), 0, 1))
-    gen.close()  # stopping early shuts the pool down without loading the rest
+    gen.close()  # stopping early is clean; the bound on work ahead: test_iter_samples_bounds_the_work_ahead
     assert report.loaded == 1 and report.skipped == 0
+
+
+def test_iter_samples_bounds_the_work_ahead(tmp_path):
+    """Decoding runs at most `prefetch` samples ahead of the consumer: counted by how many samples the pool
+    has taken from the sample list after each one consumed (an unbounded pool would take all 40 at once)."""
+    paths = [save(tmp_path / f"{i}.png", rgb_array(4, 6, seed=i)) for i in range(40)]
+    taken = []
+
+    def listing():
+        for path in paths:
+            taken.append(path)
+            yield {"data": path}
+
+    gen = iter_samples(listing(), [spec(3, 4, 6)], Preprocess(), threads=2, prefetch=3)
+    for consumed in range(1, 6):
+        key, feeds = next(gen)
+        assert key == paths[consumed - 1].as_posix()
+        np.testing.assert_array_equal(feeds["data"][0], normalise(rgb_array(4, 6, seed=consumed - 1), 0, 1))
+        assert len(taken) - consumed <= 3  # in flight: at most `prefetch`
+    gen.close()
+    assert len(taken) <= 5 + 3
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("quanttool-load")]  # pool shut down
+
+
+def test_only_regular_files_with_utf8_names_are_samples(tmp_path, capsys):
+    """Dangling and looping symlinks, FIFOs and non-UTF-8 names are skipped at discovery with one counted
+    warning; a FIFO that appears after discovery is refused when opened, without blocking."""
+    import os
+    import threading
+
+    good = save(tmp_path / "good.png", rgb_array(4, 6))
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "loop1.npy").symlink_to(tmp_path / "loop2.npy")
+    (tmp_path / "loop2.npy").symlink_to(tmp_path / "loop1.npy")
+    os.mkfifo(tmp_path / "fifo.png")
+    os.mkfifo(tmp_path / "fifo.npy")
+    (tmp_path / "linked.png").symlink_to(good)  # a symlink to a regular file is used
+    Path(os.fsdecode(bytes(tmp_path) + b"/bad\xff.png")).write_bytes(good.read_bytes())
+    samples = discover({"data": tmp_path})
+    assert [s.key for s in samples] == ["good.png", "linked.png"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipped 6 file(s)" in err and "only regular files" in err
+    outcome = []
+
+    def read_fifo():
+        try:
+            load_sample({"data": tmp_path / "fifo.npy"}, [spec(3, 4, 6)], Preprocess())
+        except QuantError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=read_fifo, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and isinstance(outcome[0], UnreadableInput) and "not a regular file" in str(outcome[0])
+    feeds = load_sample({"data": tmp_path / "linked.png"}, [spec(3, 4, 6)], Preprocess())
+    np.testing.assert_array_equal(feeds["data"][0], normalise(rgb_array(4, 6), 0, 1))
+
+
+def _npy_bytes(header: bytes, data: bytes = b"", version: bytes = b"\x01\x00") -> bytes:
+    pad = 64 - (10 + len(header) + 1) % 64
+    text = header + b" " * pad + b"\n"
+    return b"\x93NUMPY" + version + len(text).to_bytes(2, "little") + text + data
+
+
+@pytest.mark.parametrize("raw", [
+    _npy_bytes(b"{'descr': 1}"),
+    _npy_bytes(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4, 6"),
+    _npy_bytes(b"{'descr': 'not a dtype', 'fortran_order': False, 'shape': (3, 4, 6), }"),
+    _npy_bytes(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4, 6), }", bytes(20)),  # truncated data
+    _npy_bytes(b"((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((("
+               b"((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((("),
+    _npy_bytes(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4, 6), }", version=b"\x07\x00"),
+    b"\x93NUMPY\x01\x00\xff\xff{",
+    b"\x93NUM",
+])
+def test_broken_npy_headers_are_unreadable_files(tmp_path, raw):
+    (tmp_path / "x.npy").write_bytes(raw)
+    with pytest.raises(UnreadableInput, match=r"x\.npy"):
+        load_sample({"data": tmp_path / "x.npy"}, [spec(3, 4, 6)], Preprocess())
+
+
+def test_npy_claiming_a_huge_shape_is_refused_from_its_header(tmp_path):
+    """4 KB of file claiming 10^13 floats: refused by shape before any data is read (no memory error)."""
+    (tmp_path / "huge.npy").write_bytes(_npy_bytes(b"{'descr': '<f4', 'fortran_order': False, "
+                                                   b"'shape': (100000, 100000, 1000), }", bytes(4000)))
+    with pytest.raises(QuantError, match=r"huge\.npy: \.npy shape \(100000, 100000, 1000\) does not fit"):
+        load_sample({"data": tmp_path / "huge.npy"}, [spec(3, 4, 6)], Preprocess())
+
+
+def test_npy_fortran_order_and_big_endian_read_like_numpy(tmp_path):
+    x = RNG.standard_normal((3, 4, 6))
+    np.save(tmp_path / "f.npy", np.asfortranarray(x.astype(">f8")))
+    feeds = load_sample({"data": tmp_path / "f.npy"}, [spec(3, 4, 6)], Preprocess())
+    np.testing.assert_array_equal(feeds["data"][0], x.astype(np.float32))
+
+
+def test_npy_casts_that_change_values_are_refused(tmp_path):
+    """int64 300 would wrap to int8 44 and float64 1e300 would become float32 inf: both refused naming the file;
+    casts that keep every value (int64 100 -> int8, float64 -> float32 rounding) are used."""
+    cases = [
+        (np.array([[300, -5]], np.int64), np.int8, r"big\.npy: \.npy values -5\.\.300 \(int64\) do not fit input "
+                                                   r"'ids' of dtype int8 \(-128\.\.127\)"),
+        (np.array([[200, 1]], np.uint8), np.int8, r"big\.npy: \.npy values 1\.\.200 \(uint8\) do not fit"),
+        (np.array([[1e300, 1.0]]), np.float32, r"big\.npy: \.npy values up to 1e\+300 \(float64\) overflow input "
+                                               r"'ids' of dtype float32"),
+        (np.array([[70000, 1]], np.int64), np.float16, r"big\.npy: \.npy values up to 70000 \(int64\) overflow"),
+    ]
+    for array, dtype, message in cases:
+        np.save(tmp_path / "big.npy", array)
+        with pytest.raises(QuantError, match=message):
+            load_sample({"ids": tmp_path / "big.npy"}, [InputSpec("ids", (1, 2), np.dtype(dtype))], Preprocess())
+    for array, dtype in [(np.array([[100, -128]], np.int64), np.int8), (np.array([[0.1, 3e38]]), np.float32),
+                         (np.array([[65504, 7]], np.int32), np.float16)]:
+        np.save(tmp_path / "ok.npy", array)
+        feeds = load_sample({"ids": tmp_path / "ok.npy"}, [InputSpec("ids", (1, 2), np.dtype(dtype))], Preprocess())
+        assert feeds["ids"].dtype == dtype
+        np.testing.assert_array_equal(feeds["ids"], array.astype(dtype))
+
+
+def test_images_decode_only_as_the_format_their_extension_promises(tmp_path, monkeypatch):
+    """A JPEG named .png or a PNG named .bmp is unreadable; PostScript named .png never reaches Pillow's EPS
+    plugin (which would run Ghostscript on it)."""
+    from PIL import EpsImagePlugin
+
+    opened = []
+    original = EpsImagePlugin.EpsImageFile._open
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: (opened.append(1), original(self))[1])
+    Image.fromarray(rgb_array(4, 6)).save(tmp_path / "photo.png", format="JPEG")
+    Image.fromarray(rgb_array(4, 6)).save(tmp_path / "pic.bmp", format="PNG")
+    (tmp_path / "doc.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 6\nshowpage\n")
+    for name, promised in [("photo.png", "PNG"), ("pic.bmp", "BMP"), ("doc.png", "PNG")]:
+        with pytest.raises(UnreadableInput, match=rf"{name}: cannot read image \(not a {promised} file"):
+            load_sample({"data": tmp_path / name}, [spec(3, 4, 6)], Preprocess())
+    assert opened == []
+    Image.fromarray(rgb_array(4, 6)).save(tmp_path / "real.jpg", format="JPEG", quality=100)
+    feeds = load_sample({"data": tmp_path / "real.jpg"}, [spec(3, 4, 6)], Preprocess())
+    with Image.open(tmp_path / "real.jpg") as im:
+        np.testing.assert_array_equal(feeds["data"][0], normalise(np.asarray(im.convert("RGB")), 0, 1))

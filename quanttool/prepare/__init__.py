@@ -13,13 +13,13 @@ from ..errors import QuantError
 from .fold_bn import fold_batchnorm
 from .fold_constants import fold_constants
 from .graph import name_nodes, remove_dead, topo_sort
-from .load import clamp_ir, load_model, model_hash
+from .load import clamp_ir, load_model, model_hash, read_model
 from .opset import upgrade_opset
 from .passthrough import remove_passthrough
 from .shapes import fix_input_dims, infer_shapes, input_specs
 from .verify import verify_prepared
 
-__all__ = ["load_model", "model_hash", "input_specs", "prepare"]
+__all__ = ["load_model", "read_model", "model_hash", "input_specs", "prepare"]
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:

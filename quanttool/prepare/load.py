@@ -59,9 +59,11 @@ def _all_tensors(graph: onnx.GraphProto):
             yield from _all_tensors(sub)
 
 
-def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse external-data locations outside the model's folder before reading a byte of them."""
+def _check_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Refuse external-data locations outside the model's folder before reading a byte of them; returns the
+    data files (inputs too: no output may replace them)."""
     base = path.parent.resolve()
+    files = []
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -77,6 +79,8 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
                              "copy the data file beside the model")
         if not target.is_file():
             raise QuantError(f"{where}: file not found; keep the data file beside the model")
+        files.append(target)
+    return files
 
 
 def _checker_message(error: Exception) -> str:
@@ -85,6 +89,11 @@ def _checker_message(error: Exception) -> str:
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read and validate an ONNX model; every problem is one QuantError line naming the file and the fix."""
+    return read_model(path)[0]
+
+
+def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
+    """load_model, plus the external data files the model was read from."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a model file" if path.is_dir() else "model file not found"
@@ -97,7 +106,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.opset_import or len(model.graph.node) == 0:
         raise QuantError(f"{path}: not an ONNX model (no graph nodes or opset); "
                          "pass an .onnx file exported by PyTorch, Paddle or similar")
-    _check_external_data(model, path)
+    data_files = _check_external_data(model, path)
     try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as error:
@@ -112,7 +121,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except Exception as error:
         raise QuantError(f"{path}: ONNX checker failed: {_checker_message(error)}; "
                          "re-export the model or fix the named node") from None
-    return model
+    return model, data_files
 
 
 def model_hash(path: str | Path) -> str:

@@ -34,7 +34,7 @@ def _fmt(dims) -> str:
 
 def input_specs(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...]] | None) -> list[InputSpec]:
     """Static shape and dtype of each real input. A dynamic batch becomes 1; other dynamic dims come from
-    shapes[name], or shapes[None] (the plain --shape C,H,W) for 4-D inputs and inputs of unknown rank."""
+    shapes[name], or shapes[None] (the plain --shape) for the only input, 4-D inputs and inputs of unknown rank."""
     shapes = dict(shapes or {})
     inputs = model_inputs(model.graph)
     names = [info.name for info in inputs]
@@ -51,17 +51,19 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...]
             raise QuantError(f"input '{info.name}' has no usable element type; re-export the model") from None
         declared = _dims(info)
         given = shapes.get(info.name)
-        if given is None and (declared is None or len(declared) == 4):
+        if given is None and (declared is None or len(declared) == 4 or len(inputs) == 1):
             given = shapes.get(None)
         if declared is None and given is None:
-            raise QuantError(f"input '{info.name}' has unknown rank; pass --shape C,H,W")
+            raise QuantError(f"input '{info.name}' has unknown rank; pass --shape {info.name}=D1,D2,... "
+                             f"(its dims after the batch: C,H,W for images)")
         dims: list[int | str] = list(declared) if declared is not None else ["?"] * (len(given) + 1)
         if given is not None:
             _apply(info.name, dims, tuple(int(g) for g in given))
         if dims and not isinstance(dims[0], int):
             dims[0] = 1  # dynamic batch: calibrate and evaluate run one sample at a time
         if any(not isinstance(d, int) for d in dims):
-            raise QuantError(f"input '{info.name}' has dynamic dims {declared}; pass --shape C,H,W")
+            raise QuantError(f"input '{info.name}' has dynamic dims {declared}; pass --shape {info.name}="
+                             f"{_fmt(dims[1:])} with each named dim as a number")
         specs.append(InputSpec(info.name, tuple(dims), dtype))
     return specs
 
@@ -74,7 +76,7 @@ def _apply(name: str, dims: list[int | str], given: tuple[int, ...]) -> None:
         offset = 0
     else:
         raise QuantError(f"--shape {_fmt(given)} has {len(given)} dims but input '{name}' has shape [{_fmt(dims)}]; "
-                         f"pass {len(dims) - 1} dims")
+                         f"pass its {len(dims) - 1} dims after the batch, e.g. --shape {name}={_fmt(dims[1:])}")
     if any(g <= 0 for g in given):
         raise QuantError(f"--shape {_fmt(given)} for input '{name}': every dim must be a positive integer")
     declared = list(dims)
