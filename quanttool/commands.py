@@ -15,7 +15,7 @@ from typing import Sequence
 
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
-from .errors import QuantError, UsageError, warn
+from .errors import QuantError, UsageError, one_line, warn
 from .fileio import atomic_open, check_outputs, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
@@ -114,7 +114,7 @@ def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> t
     stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
                           threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path)
     params = choose_params(prepared, stats, settings)
-    meta = {"model": inputs.path.name, **meta, "algorithm": settings.algorithm, "scheme": settings.scheme,
+    meta = {"model": one_line(inputs.path.name), **meta,  # a header line: one line of printable text "algorithm": settings.algorithm, "scheme": settings.scheme,
             "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
     return params, meta
 

@@ -1,4 +1,5 @@
-"""Output files: checked before any work, written atomically, never over an input.
+"""Files: outputs checked before any work, written atomically, never over an input; inputs read only when
+they are regular files.
 
 Each output is written to a temp file in the target folder, then renamed, so a crash never leaves half a file.
 The temp files are named `.NAME.quanttool-PID-XXXXXXXX.tmp`; one left by a killed run (its process gone, the
@@ -51,6 +52,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs):
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+
+
+def open_regular(path: str | os.PathLike):
+    """Open an input file for binary reading, only if it is a regular file. It is opened without blocking and
+    the open file is checked, so a FIFO or device given as an input (or swapped in after a folder was
+    listed) cannot hang the run or feed it endless bytes. OSError otherwise ('not a regular file')."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text input (a leading BOM, which Windows editors write, is dropped); OSError and
+    UnicodeDecodeError are the caller's to word."""
+    with open_regular(path) as handle:
+        return handle.read().decode("utf-8-sig")
 
 
 def write_error(path: Path, exc: OSError) -> QuantError:

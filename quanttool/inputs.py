@@ -30,6 +30,7 @@ from numpy.lib import format as npy_format
 from PIL import Image, UnidentifiedImageError
 
 from .errors import QuantError, UsageError, first_line, warn
+from .fileio import open_regular
 
 # The raster formats each extension promises (Pillow format names): nothing else is ever decoded.
 IMAGE_FORMATS = {".jpg": ["JPEG"], ".jpeg": ["JPEG"], ".png": ["PNG"], ".bmp": ["BMP"], ".webp": ["WEBP"]}
@@ -317,19 +318,11 @@ def _spread(samples: list, limit: int | None) -> list:
 
 
 def _open_regular(path: Path):
-    """Open a sample file for reading, refusing anything but a regular file: opening without blocking and
-    checking the opened file means a FIFO swapped in after discovery cannot hang the run."""
+    """open_regular, with a failure making the sample unreadable (skipped and counted)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        return open_regular(path)
     except OSError as exc:
         raise UnreadableInput(path, f"cannot open it ({exc.strerror or type(exc).__name__})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableInput(path, "not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _decode(path: Path, color: str) -> Image.Image:

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .errors import QuantError
-from .fileio import atomic_open
+from .fileio import atomic_open, read_text
 from .qparams import QParam, qrange
 
 
@@ -46,7 +46,7 @@ def read_table(path: str | Path, known: Iterable[str] | None = None, bits: int =
     """Parse and validate a table; every problem names the file and line and says how to fix it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors start files with a BOM
+        text = read_text(path)  # a regular file only (a FIFO would hang), BOM dropped
     except FileNotFoundError:
         raise QuantError(f"{path}: table file not found; create one with `quanttool calibrate`") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -361,3 +362,39 @@ def test_npy_inputs_of_any_rank_take_a_shape(tmp_path, capsys):
         table = read_table(tmp_path / f"r{len(rank_shape)}.scale").params
         peak = max(float(np.abs(a).max()) for a in data)
         assert table["x"].scale == pytest.approx(peak / 127, rel=1e-6) and table["x"].zero_point == 0
+
+
+def test_fifo_table_and_labels_are_refused_without_hanging(workspace, capsys):
+    """`-f` and `--labels` name FIFOs: refused at once (a plain read would wait for a writer forever)."""
+    import os
+
+    tmp, model, images = workspace
+    os.mkfifo(tmp / "t.scale")
+    os.mkfifo(tmp / "labels.txt")
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx")
+    message = one_line_error(err)
+    assert code == 1 and f"{tmp / 't.scale'}: cannot read the table" in message and "not a regular file" in message
+    run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "real.scale")
+    code, _, err = run_cli(capsys, "evaluate", "-m", model, "-f", tmp / "real.scale", "-i", images,
+                           "--labels", tmp / "labels.txt")
+    message = one_line_error(err)
+    assert code == 1 and f"--labels {tmp / 'labels.txt'}: cannot read it" in message
+
+
+def test_model_file_name_that_is_not_utf8_or_has_a_newline(workspace, capsys):
+    """The table header records the model's file name on one printable line: the table reads back and equals
+    the table of the same model under a plain name."""
+    import os
+
+    tmp, model, images = workspace
+    odd = Path(os.fsdecode(bytes(tmp) + b"/bad\xff\nname.onnx"))
+    odd.write_bytes(model.read_bytes())
+    assert run_cli(capsys, "calibrate", "-m", odd, "-i", images, "-o", tmp / "odd.scale")[0] == 0
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "plain.scale")[0] == 0
+    from quanttool.table import read_table
+
+    odd_table, plain_table = read_table(tmp / "odd.scale"), read_table(tmp / "plain.scale")
+    assert odd_table.meta["model"] == "bad\\udcff name.onnx"
+    assert odd_table.params == plain_table.params and len(plain_table.params) == 3
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "odd.scale", "-o", tmp / "q.onnx")
+    assert code == 0, err

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from ..errors import QuantError, first_line
+from ..fileio import read_text
 from ..ops import ops_where
 from ..qparams import QParam, qrange
 from ..rewrite.plan import QuantizedOp
@@ -56,7 +57,7 @@ def read_labels(path: str | Path) -> dict[str, int]:
     """Lines `relative/path.png label` (blank lines and `#` comments skipped); the path may contain spaces."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors start files with a BOM
+        text = read_text(path)  # a regular file only (a FIFO would hang), BOM dropped
     except FileNotFoundError:
         raise QuantError(f"--labels {path}: file not found; give a text file of `relative/path.png label` lines") \
             from None
