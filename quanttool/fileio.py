@@ -88,7 +88,8 @@ def write_error(path: Path, exc: OSError) -> QuantError:
 
 
 def _temp_file(path: Path, folder: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=folder)
+    # The name is cut so that an output name near the file system's 255-byte limit still gets a temp file.
+    return tempfile.mkstemp(prefix=f".{path.name[:100]}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=folder)
 
 
 def _folder(path: Path, option: str) -> Path:
