@@ -122,14 +122,15 @@ def test_temp_file_of_a_killed_run_is_removed_by_the_next_write(tmp_path):
     """SIGKILL mid-write leaves `.NAME.quanttool-PID-XXXX.tmp`; the next write into that folder removes it
     (its process is gone and it is older than this process). A temp of a live process is kept."""
     target = tmp_path / "model.onnx"
+    target.write_bytes(b"old model")
     result = _in_subprocess(f"import os, signal\nfrom quanttool.fileio import atomic_open\n"
                             f"with atomic_open({str(target)!r}, 'wb') as handle:\n"
                             f"    handle.write(bytes(5000)); handle.flush()\n"
                             f"    os.kill(os.getpid(), signal.SIGKILL)\n")
     assert result.returncode == -signal.SIGKILL
-    left = [p.name for p in tmp_path.iterdir()]
+    left = [p.name for p in tmp_path.iterdir() if p != target]
     assert len(left) == 1 and left[0].startswith(".model.onnx.quanttool-") and left[0].endswith(".tmp")
-    assert (tmp_path / left[0]).stat().st_size == 5000 and not target.exists()
+    assert (tmp_path / left[0]).stat().st_size == 5000 and target.read_bytes() == b"old model"  # old file whole
     live = tmp_path / f".other.json.quanttool-{os.getppid()}-abcdefgh.tmp"  # pytest's parent: alive
     live.write_bytes(b"in progress")
     os.utime(live, (0, 0))
@@ -138,4 +139,5 @@ def test_temp_file_of_a_killed_run_is_removed_by_the_next_write(tmp_path):
     os.utime(stranger, (0, 0))
     os.utime(tmp_path / left[0], (0, 0))  # older than this process, as a file from an earlier run is
     write_bytes(tmp_path / "params.json", b"{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, stranger.name, "params.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, stranger.name, "params.json",
+                                                                 "model.onnx"])
