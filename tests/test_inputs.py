@@ -451,6 +451,9 @@ def test_iter_samples_bounds_the_work_ahead(tmp_path):
             taken.append(path)
             yield {"data": path}
 
+    import threading
+
+    before = set(threading.enumerate())  # other tests' generators may still await garbage collection
     gen = iter_samples(listing(), [spec(3, 4, 6)], Preprocess(), threads=2, prefetch=3)
     for consumed in range(1, 6):
         key, feeds = next(gen)
@@ -459,9 +462,7 @@ def test_iter_samples_bounds_the_work_ahead(tmp_path):
         assert len(taken) - consumed <= 3  # in flight: at most `prefetch`
     gen.close()
     assert len(taken) <= 5 + 3
-    import threading
-
-    assert not [t for t in threading.enumerate() if t.name.startswith("quanttool-load")]  # pool shut down
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("quanttool-load")]  # shut down
 
 
 def test_only_regular_files_with_utf8_names_are_samples(tmp_path, capsys):
