@@ -365,12 +365,17 @@ def test_npy_inputs_of_any_rank_take_a_shape(tmp_path, capsys):
 
 
 def test_fifo_table_and_labels_are_refused_without_hanging(workspace, capsys):
-    """`-f` and `--labels` name FIFOs: refused at once (a plain read would wait for a writer forever)."""
+    """`-f` and `--labels` name FIFOs: refused at once (a plain read would wait for a writer forever); a FIFO
+    as the model is named as such, not as a missing file."""
     import os
 
     tmp, model, images = workspace
     os.mkfifo(tmp / "t.scale")
     os.mkfifo(tmp / "labels.txt")
+    os.mkfifo(tmp / "fifo.onnx")
+    code, _, err = run_cli(capsys, "calibrate", "-m", tmp / "fifo.onnx", "-i", images)
+    assert code == 1 and one_line_error(err).endswith(f"{tmp / 'fifo.onnx'}: is not a regular file; "
+                                                      f"pass the path of an .onnx file")
     code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx")
     message = one_line_error(err)
     assert code == 1 and f"{tmp / 't.scale'}: cannot read the table" in message and "not a regular file" in message

@@ -96,7 +96,8 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
     """load_model, plus the external data files the model was read from."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a model file" if path.is_dir() else "model file not found"
+        what = ("is a folder, not a model file" if path.is_dir() else
+                "is not a regular file" if path.exists() else "model file not found")
         raise QuantError(f"{path}: {what}; pass the path of an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
