@@ -118,16 +118,24 @@ def _settings(algorithm, scheme, bits, percentile, compat):
 @input_options
 @calibration_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Table file to write [default: MODEL_STEM.scale in the current folder].")
+              help="Table file to write [default: MODEL_STEM.scale (.table for ncnn, .cache for tensorrt-cache, "
+                   "_tengine.scale for tengine) in the current folder].")
 @click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True,
               help="Activation bit width the clip range is fitted for (2..8).")
-def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_path, **inputs):
-    """Run the images through the model once and write a .scale table (name scale zero_point)."""
+@click.option("--table-format", "table_format", type=click.Choice(["scale", "tengine", "ncnn", "tensorrt-cache"]),
+              default="scale", show_default=True,
+              help="scale: quanttool's table (convert -f reads it). tengine: Tengine's `name scale 0` lines. ncnn: "
+                   "ncnn2table's weight `LAYER_param_0 s...` and activation `LAYER s` lines (s = 127/T). "
+                   "tensorrt-cache: TensorRT's EntropyCalibration2 cache (hex float32 scales). The last three "
+                   "are symmetric: use --scheme symmetric.")
+def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_path, table_format, **inputs):
+    """Run the images through the model once and write a table (.scale: name scale zero_point)."""
     from .commands import calibrate_table
+    from .export import SUFFIX
 
     settings = _settings(algorithm, scheme, bits, percentile, compat)
-    output = output or Path(model.stem + ".scale")
-    summary = calibrate_table(model, output, settings, stats_path=stats_path, **inputs)
+    output = output or Path(model.stem + SUFFIX[table_format])
+    summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, **inputs)
     click.echo(summary)
 
 

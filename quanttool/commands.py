@@ -20,7 +20,7 @@ from .fileio import atomic_open, check_outputs, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
-from .table import read_table, write_table
+from .table import read_table
 
 
 def _check_outputs(inputs: "Inputs", other_inputs: Sequence[Path | None], **outputs: Path | None) -> None:
@@ -119,15 +119,20 @@ def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> t
     return params, meta
 
 
-def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, **options) -> str:
+def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, table_format: str = "scale",
+                    **options) -> str:
+    from .export import write as write_any_table
+
     start = time.perf_counter()
     inputs = Inputs(model, **options)
     if inputs.roots is None:
         raise UsageError("calibrate needs images: -i DIR")
     _check_outputs(inputs, [], output=output, stats=stats_path)
-    params, meta = _table_params(inputs, inputs.static(), settings, stats_path)
-    write_table(output, params, meta)
-    return (f"wrote {output}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
+    prepared = inputs.static()
+    params, meta = _table_params(inputs, prepared, settings, stats_path)
+    write_any_table(table_format, output, params, meta, prepared)
+    kind = "" if table_format == "scale" else f" ({table_format} format)"
+    return (f"wrote {output}{kind}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
             f"{time.perf_counter() - start:.1f} s")
 
 
