@@ -12,7 +12,9 @@ The multipliers are the float32 values onnxruntime itself forms (its MLAS kernel
   (_mm_cvtps_epi32 in the default MXCSR mode), adds the zero point and saturates. A float32 M has 24
   significant bits, so m0 holds it exactly and `round_half_even(acc * m0 / 2^(31 + shift))` is the same value
   except where float32(acc * M) itself rounds across a .5 (|acc| > 2^24, or a product within 2^-24 of a tie):
-  at most 1 LSB.
+  at most 1 LSB. Layers marked `float32_product` say so; an integer design that wants onnxruntime's numbers
+  bit for bit rounds acc, then acc * m0, to 24 significant bits (ties to even) before the final rounding
+  (quanttool simulate's default; measured bit-exact on the demo).
 - QLinearMul: M = (s_a * s_b) / s_c in float32, same rounding. QLinearGlobalAveragePool:
   M = s_in / (s_out * N) in float32 (N = H*W), acc = sum(q - zp_in), same rounding.
 - QLinearAdd (MLAS, x86 and ARM): fixed point, not float. r_a = s_a / s_c, r_b = s_b / s_c (float32),
@@ -69,6 +71,11 @@ def f32_multiplier(m: np.float32) -> dict:
     """M as onnxruntime holds it (float32) and as int32 m0 with shift: M = m0 * 2^-(31 + shift), exactly."""
     m0, shift = decompose_multiplier(float(m))
     return {"M": float(m), "m0": m0, "shift": shift}
+
+
+def global_average_requant(s_in: float, s_out: float, n: int) -> list[dict]:
+    """onnxruntime's QLinearGlobalAveragePool multiplier s_in / (s_out * N), in float32."""
+    return [f32_multiplier(F32(s_in) / (F32(s_out) * F32(n)))]
 
 
 def add_multipliers(r_a: np.float32, r_b: np.float32) -> dict:
@@ -161,6 +168,8 @@ def _layer(op, qp, int8: _Int8Model) -> dict:
         init = _constant_initializer(node, name, int8)
         ins.append({"name": name, "initializer": init, "shape": int8.shapes.get(init), "scale": scale,
                     "zero_point": zp, "constant": True})
+    if node is not None:  # operands in the node's order (Concat's order matters)
+        ins.sort(key=lambda i: _position(node, i, int8))
     out = qp(op.output)
     output = {"name": op.output, "int8_tensor": None if op.float_output else f"{op.output}_quantized",
               "shape": int8.shapes.get(f"{op.output}_quantized", int8.shapes.get(op.output)),
@@ -169,6 +178,15 @@ def _layer(op, qp, int8: _Int8Model) -> dict:
         output["float_in_model"] = True
     layer = {"node": op.node, "op_type": op.op_type, "form": op.form, "fused_activation": op.fused,
              "attributes": attrs, "inputs": ins, "output": output, "clamp": list(qrange(8))}
+    if len(op.outputs) > 1:  # Split: every output, each with its lookup table when its parameters differ
+        layer["outputs"] = []
+        for name in op.outputs:
+            o = qp(name)
+            entry = {"name": name, "int8_tensor": f"{name}_quantized", "scale": float(o.scale),
+                     "zero_point": int(o.zero_point)}
+            if not _same(ins[0], o):
+                entry["lut"] = lookup_table(lambda x: x, ins[0]["scale"], ins[0]["zero_point"], o.scale, o.zero_point)
+            layer["outputs"].append(entry)
     bounds = op.act_bounds if op.fused else (activation_bounds(node, int8.constants) if node is not None else None)
     if bounds is not None:
         finite = lambda v: v if math.isfinite(v) else None  # JSON has no infinity
@@ -193,10 +211,10 @@ def _family(layer: dict, op, node, ins: list[dict], out: QParam, int8: _Int8Mode
             layer["bias_initializer"] = int8.node_input(node, b_slot) if b_slot else None
         s_in = F32(ins[0]["scale"])
         layer["requant"] = [f32_multiplier((s_in * F32(s_w)) / s_out) for s_w in op.weight_scales]
-        layer.update(rounding=even, formula=FORMULAS["linear"], pad_value=ins[0]["zero_point"])
+        layer.update(rounding=even, formula=FORMULAS["linear"], pad_value=ins[0]["zero_point"], float32_product=True)
     elif t == "Mul" or (t == "MatMul" and len(ins) == 2):
         layer["requant"] = [f32_multiplier((F32(ins[0]["scale"]) * F32(ins[1]["scale"])) / s_out)]
-        layer.update(rounding=even, formula=FORMULAS["mul" if t == "Mul" else "linear"])
+        layer.update(rounding=even, formula=FORMULAS["mul" if t == "Mul" else "linear"], float32_product=True)
     elif t == "Add":
         ratios = [F32(i["scale"]) / s_out for i in ins]
         layer["requant"] = [f32_multiplier(r) for r in ratios]
@@ -205,10 +223,10 @@ def _family(layer: dict, op, node, ins: list[dict], out: QParam, int8: _Int8Mode
     elif t == "GlobalAveragePool":
         shape = ins[0]["shape"] or []
         n = int(np.prod(shape[2:])) if all(isinstance(d, int) and d > 0 for d in shape[2:]) and shape else None
-        layer["divisor"] = n
+        layer["divisor"] = n  # None when H*W is not static: then M is formed for the H*W met at run time
         if n is not None:
-            layer["requant"] = [f32_multiplier(F32(ins[0]["scale"]) / (s_out * F32(n)))]
-        layer.update(rounding=even, formula=FORMULAS["global_average"])
+            layer["requant"] = global_average_requant(ins[0]["scale"], out.scale, n)
+        layer.update(rounding=even, formula=FORMULAS["global_average"], float32_product=True)
     elif t == "AveragePool":
         include = int(layer["attributes"].get("count_include_pad", 0))
         layer["divisor"] = "kernel_area" if include else "valid_count"
@@ -241,6 +259,14 @@ def _family(layer: dict, op, node, ins: list[dict], out: QParam, int8: _Int8Mode
     else:  # Softmax and anything else: the real-valued ratio, for reference; no integer recipe given
         layer["requant"] = [f32_multiplier(F32(i["scale"]) / s_out) for i in ins]
         layer.update(rounding=even, formula=None)
+
+
+def _position(node: onnx.NodeProto, entry: dict, int8: _Int8Model) -> int:
+    names = {entry["name"], f"{entry['name']}_quantized", f"{entry['name']}_dequantized"}
+    for k, tensor in enumerate(node.input):
+        if tensor in names or (entry.get("constant") and int8.initializer(tensor) == entry["initializer"]):
+            return k
+    return len(node.input)
 
 
 def _same(i: dict, out: QParam) -> bool:
