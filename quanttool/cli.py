@@ -99,6 +99,7 @@ def cli(ctx, debug):
     calibrate  images -> statistics -> .scale table
     convert    fp32 model + table (or images) -> int8 ONNX model
     evaluate   where the accuracy goes, layer by layer and at the outputs
+    simulate   the int8 model integer-only from --params, compared with onnxruntime
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -203,6 +204,30 @@ def evaluate(model, quantized, table, labels, json_path, report_path, fmt, top, 
         inputs["max_images"] = 50
     click.echo(evaluate_model(model, quantized, table, fmt=fmt, labels=labels, json_path=json_path,
                               report_path=report_path, top=top, **inputs))
+
+
+@cli.command()
+@click.option("-m", "--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The int8 ONNX model made by convert (not the fp32 one).")
+@click.option("--params", "params_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The --params JSON written with that model.")
+@input_options
+@click.option("--rounding", type=click.Choice(["onnxruntime", "fixed-point"]), default="onnxruntime",
+              show_default=True,
+              help="onnxruntime: where onnxruntime requantizes in float32, round acc and acc*m0 to 24 significant "
+                   "bits first (integer ops), matching it bit for bit. fixed-point: one rounding of the exact "
+                   "acc*m0 (Jacob et al.), within 1 LSB per layer.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the per-layer comparison as JSON.")
+def simulate(model, params_path, rounding, json_path, **inputs):
+    """Run the int8 model integer-only from --params and compare each layer with onnxruntime."""
+    if not inputs["images"]:
+        raise UsageError("simulate needs images: -i DIR")
+    from .commands import simulate_model
+
+    if inputs["max_images"] is None:
+        inputs["max_images"] = 20
+    click.echo(simulate_model(model, params_path, rounding=rounding, json_path=json_path, **inputs))
 
 
 def main(argv=None) -> None:

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
-from .errors import QuantError, UsageError, one_line, warn
-from .fileio import atomic_open, check_outputs, write_bytes
+from .errors import QuantError, UsageError, first_line, one_line, warn
+from .fileio import atomic_open, check_outputs, read_text, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
@@ -246,6 +246,39 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
                         threads=inputs.threads, names=worst, desc="histograms")
         ev.write_html(report, report_path, stats)
     text = ev.render_text(report, top=top)
+    if loaded.skipped:
+        text += f"\n{loaded.skipped} unreadable images skipped"
+    return text
+
+
+def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: Path | None, **options) -> str:
+    """The integer-only simulation of an int8 model from its --params file, against onnxruntime."""
+    from dataclasses import asdict
+
+    from .inputs import LoadReport, discover, iter_samples
+    from .simulate import compare, render
+
+    inputs = Inputs(model, **options)
+    _check_outputs(inputs, [params_path], json=json_path)
+    try:
+        params = json.loads(read_text(params_path))  # a regular file only (a FIFO would hang)
+        if not isinstance(params.get("layers"), list):
+            raise ValueError("no 'layers' list")
+    except FileNotFoundError:
+        raise QuantError(f"--params {params_path}: file not found; write it with `quanttool convert --params`") from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise QuantError(f"--params {params_path}: not a quanttool params file ({first_line(exc)}); write it with "
+                         f"`quanttool convert --params`") from None
+    samples = discover(inputs.roots, inputs.max_images)
+    loaded = LoadReport()
+    feeds = (f for _, f in iter_samples(samples, inputs.specs, inputs.pp, threads=max(1, inputs.threads),
+                                        report=loaded))
+    report = compare(inputs.model, params, feeds, inputs.threads, where=f"--params {params_path}", rounding=rounding)
+    if json_path is not None:
+        with atomic_open(json_path, "w", encoding="utf-8") as handle:
+            json.dump({"images": report.images, "rounding": rounding,
+                       "layers": [asdict(d) for d in report.layers]}, handle, indent=1)
+    text = render(report)
     if loaded.skipped:
         text += f"\n{loaded.skipped} unreadable images skipped"
     return text

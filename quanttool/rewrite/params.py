@@ -256,7 +256,9 @@ def _family(layer: dict, op, node, ins: list[dict], out: QParam, int8: _Int8Mode
             layer["lut"] = lookup_table(lambda x: x, ins[0]["scale"], ins[0]["zero_point"], out.scale, out.zero_point)
         layer["pad_value"] = _pad_value(t, node, ins[0], int8)
         layer.update(rounding=even, formula=FORMULAS["move"])
-    else:  # Softmax and anything else: the real-valued ratio, for reference; no integer recipe given
+    elif t == "Softmax":
+        layer.update(_softmax(layer, ins[0], out))
+    else:  # anything else: the real-valued ratio, for reference; no integer recipe given
         layer["requant"] = [f32_multiplier(F32(i["scale"]) / s_out) for i in ins]
         layer.update(rounding=even, formula=None)
 
@@ -267,6 +269,28 @@ def _position(node: onnx.NodeProto, entry: dict, int8: _Int8Model) -> int:
         if tensor in names or (entry.get("constant") and int8.initializer(tensor) == entry["initializer"]):
             return k
     return len(node.input)
+
+
+def softmax_table(x_scale: float, reduce_len: int) -> list[int]:
+    """onnxruntime's QLinearSoftmax exp table (int8 input): entry uint8(i - 128) = lrint(qscale * exp((i - 255) *
+    x_scale)) for i in 0..255, qscale = min(2^32 - 1 / reduce_len, 2^23 - 1), in double precision."""
+    qscale = min((2**32 - 1) / reduce_len, float(0x7FFFFF))
+    table = [0] * 256
+    for i in range(256):
+        table[(i - 128) % 256] = int(np.rint(qscale * math.exp((i - 255) * float(F32(x_scale)))))
+    return table
+
+
+def _softmax(layer: dict, inp: dict, out: QParam) -> dict:
+    """Integer softmax as onnxruntime's QLinearSoftmax runs it (the QDQ form runs Softmax in float instead)."""
+    axis = int(layer["attributes"].get("axis", -1))
+    shape = inp["shape"] or []
+    d = shape[axis] if shape and isinstance(shape[axis], int) and shape[axis] > 0 else None
+    return {"reduce_len": d, "exp_table": softmax_table(inp["scale"], d) if d else None,
+            "y_scale_int": int(F32(1.0) / F32(out.scale)), "rounding": "half_up",
+            "formula": "idx = uint8(127 - max(row) + q) (table index); t = exp_table[idx]; sum = sum of t over the "
+                       "row (uint32); q_out = int8(low byte of (t * y_scale_int + sum // 2) // sum + zp_out); "
+                       "exp_table formed for the row length at run time when reduce_len is null"}
 
 
 def _same(i: dict, out: QParam) -> bool:

@@ -36,9 +36,10 @@ class SimReport:
     layers: list[LayerDiff] = field(default_factory=list)
     images: int = 0
 
-    @property
-    def worst(self) -> LayerDiff | None:
-        return max(self.layers, key=lambda d: max(d.isolated, d.chained), default=None)
+    def worst(self, integer: bool) -> LayerDiff | None:
+        """The layer with the largest difference among integer (or float) ones."""
+        chosen = [d for d in self.layers if (d.kernel == "integer") == integer]
+        return max(chosen, key=lambda d: max(d.isolated, d.chained), default=None)
 
 
 def compare(model: onnx.ModelProto, params: dict, samples: Iterable[dict[str, np.ndarray]], threads: int = 0,
@@ -46,12 +47,12 @@ def compare(model: onnx.ModelProto, params: dict, samples: Iterable[dict[str, np
     sim = Simulation(model, params, where, rounding)
     report = SimReport()
     diffs: dict[str, LayerDiff] = {}
-    float_nodes = {layer["node"] for layer in sim.float_layers}
+    float_nodes = {layer["node"]: layer["why_float"] for layer in sim.float_layers}
     for layer in params["layers"]:
         out = layer["output"]
         tensor = out["name"] if out.get("float_in_model") else out["int8_tensor"]
-        kernel = "integer" if layer["node"] not in float_nodes and not out.get("float_in_model") else (
-            "float (output left float)" if out.get("float_in_model") else "float (no integer kernel)")
+        kernel = "float: output left float" if out.get("float_in_model") else (
+            f"float: {float_nodes[layer['node']]}" if layer["node"] in float_nodes else "integer")
         diffs[tensor] = LayerDiff(layer["node"], layer["op_type"], tensor, out["scale"], kernel)
     report.layers = list(diffs.values())
     exposed = sorted({t for t in diffs} | {i["int8_tensor"] for layer in params["layers"] for i in layer["inputs"]
@@ -72,8 +73,9 @@ def compare(model: onnx.ModelProto, params: dict, samples: Iterable[dict[str, np
                 d.isolated = max(d.isolated, float(np.abs(isolated[tensor] / d.scale - b).max(initial=0)))
             delta = np.abs(a - b)
             d.chained = max(d.chained, float(delta.max(initial=0)))
-            d.differing += int((delta > 0).sum())
-            d.values += delta.size
+            if d.kernel == "integer":
+                d.differing += int((delta > 0).sum())
+                d.values += delta.size
         report.images += 1
     return report
 
@@ -82,14 +84,21 @@ def render(report: SimReport) -> str:
     width = max([len(d.node) for d in report.layers] + [5])
     lines = [f"simulated {len(report.layers)} quantized layers over {report.images} images against onnxruntime "
              f"(max |difference| in LSB of each output; isolated = fed onnxruntime's int8 inputs):",
-             f"  {'layer':{width}}  {'op':18} {'kernel':26} {'isolated':>9} {'chained':>9}  differing"]
+             f"  {'layer':{width}}  {'op':18} {'kernel':40} {'isolated':>9} {'chained':>9}  differing"]
     for d in report.layers:
         share = f"{100 * d.differing / d.values:.3f}%" if d.values else "-"
-        lines.append(f"  {d.node:{width}}  {d.op_type:18} {d.kernel:26} {d.isolated:9.3g} {d.chained:9.3g}  {share}")
-    worst = report.worst
-    if worst is None or max(worst.isolated, worst.chained) == 0:
-        lines.append("bit-exact: every layer matches onnxruntime")
+        lines.append(f"  {d.node:{width}}  {d.op_type:18} {d.kernel:40} {d.isolated:9.3g} {d.chained:9.3g}  {share}")
+    worst = report.worst(integer=True)
+    count = sum(d.kernel == "integer" for d in report.layers)
+    if worst is None:
+        lines.append("no layer ran on an integer kernel")
+    elif max(worst.isolated, worst.chained) == 0:
+        lines.append(f"integer layers: bit-exact, all {count} match onnxruntime")
     else:
-        lines.append(f"largest difference: {max(worst.isolated, worst.chained):.3g} LSB at {worst.node} "
-                     f"(isolated {worst.isolated:.3g}, chained {worst.chained:.3g})")
+        lines.append(f"integer layers: largest difference {max(worst.isolated, worst.chained):.0f} LSB at {worst.node} "
+                     f"(isolated {worst.isolated:.0f}, chained {worst.chained:.0f})")
+    floats = report.worst(integer=False)
+    if floats is not None:
+        lines.append(f"float layers (as the int8 model computes them): largest difference "
+                     f"{max(floats.isolated, floats.chained):.3g} LSB at {floats.node}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ KERNELS: dict[str, Callable] = {
     "Conv": "linear", "Gemm": "linear", "MatMul": "linear", "Add": "add", "Mul": "mul",
     "Sigmoid": "table", "HardSigmoid": "table", "LeakyRelu": "table", "Relu": "clip", "Clip": "clip",
     "GlobalAveragePool": "global_average", "AveragePool": "average", "MaxPool": "max", "GlobalMaxPool": "global_max",
-    "Concat": "concat",
+    "Concat": "concat", "Softmax": "softmax",
     **{op: "move" for op in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
                              "Pad", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Resize")},
 }
@@ -56,6 +56,27 @@ def dequantize_linear(node, q, scale, zp=None):
     return (q.astype(np.int64) - zp.astype(np.int64)).astype(F32) * scale.astype(F32)
 
 
+def why_float(layer: dict) -> str | None:
+    """Why a quantized op runs as the model spells it in float (None: it has an integer kernel here)."""
+    op, attrs = layer["op_type"], layer["attributes"]
+    shape = layer["inputs"][0].get("shape") or []
+    if op not in KERNELS:
+        return "no integer kernel"
+    if op == "Softmax" and layer["form"] != "QLinearSoftmax":
+        return "onnxruntime runs a QDQ Softmax in float"
+    if op == "Resize" and attrs.get("mode", "nearest") != "nearest":
+        return f"Resize mode {attrs.get('mode')}"
+    if op == "Pad" and layer.get("pad_value") is None:
+        return "Pad other than constant"
+    if op in ("AveragePool", "MaxPool") and attrs.get("ceil_mode", 0):
+        return "ceil_mode=1"
+    if op in ("Conv", "AveragePool", "MaxPool") and shape and len(shape) != 4:
+        return "not 2-D"
+    if op == "Gemm" and attrs.get("transA", 0):
+        return "Gemm transA=1"
+    return None
+
+
 class Simulation:
     def __init__(self, model: onnx.ModelProto, params: dict, where: str = "the params file",
                  rounding: str = "onnxruntime"):
@@ -80,9 +101,9 @@ class Simulation:
             if layer["output"].get("float_in_model"):
                 continue  # the model computes this output in float itself
             outs = [o["int8_tensor"] for o in layer.get("outputs", [layer["output"]])]
-            if KERNELS.get(layer["op_type"]) is None or layer["op_type"] == "ConvTranspose" or \
-                    not all(o in known for o in outs):
-                self.float_layers.append(layer)
+            reason = why_float(layer) or (None if all(o in known for o in outs) else "int8 output not in the model")
+            if reason is not None:
+                self.float_layers.append({**layer, "why_float": reason})
                 continue
             for out in outs:
                 self.layers[out] = layer
@@ -151,6 +172,8 @@ class Simulation:
             elif kind in ("average", "max", "global_max"):
                 out = {"average": pool.average, "max": pool.maximum, "global_max": pool.global_maximum}[kind](layer, ins[0])
                 outs = [elementwise.lookup(out, layer["lut"]) if "lut" in layer and kind != "average" else out]
+            elif kind == "softmax":
+                outs = [elementwise.softmax(layer, ins[0])]
             elif kind == "concat":
                 outs = [movement.concat(layer, ins)]
             else:
