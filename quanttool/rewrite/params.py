@@ -282,7 +282,7 @@ def softmax_table(x_scale: float, reduce_len: int) -> list[int]:
 
 
 def _softmax(layer: dict, inp: dict, out: QParam) -> dict:
-    """Integer softmax as onnxruntime's QLinearSoftmax runs it (the QDQ form runs Softmax in float instead)."""
+    """Integer softmax as onnxruntime's QLinearSoftmax runs it (its QDQ optimizer turns DQ -> Softmax -> Q into one)."""
     axis = int(layer["attributes"].get("axis", -1))
     shape = inp["shape"] or []
     d = shape[axis] if shape and isinstance(shape[axis], int) and shape[axis] > 0 else None

@@ -2,8 +2,8 @@
 (graph inputs' QuantizeLinear, DequantizeLinear before float consumers, ops kept fp32, outputs left float)
 as the int8 model itself computes them in float.
 
-Only what the graph outputs need is computed. A quantized op with no integer kernel here (Softmax,
-ConvTranspose, Resize other than nearest, 3-D pooling...) is run the way the QDQ model spells it, in float
+Only what the graph outputs need is computed. A quantized op with no integer kernel here (ConvTranspose,
+Resize other than nearest, 3-D pooling...) is run the way the QDQ model spells it, in float
 between its DequantizeLinear and QuantizeLinear, and listed in `float_layers`.
 """
 
@@ -62,8 +62,6 @@ def why_float(layer: dict) -> str | None:
     shape = layer["inputs"][0].get("shape") or []
     if op not in KERNELS:
         return "no integer kernel"
-    if op == "Softmax" and layer["form"] != "QLinearSoftmax":
-        return "onnxruntime runs a QDQ Softmax in float"
     if op == "Resize" and attrs.get("mode", "nearest") != "nearest":
         return f"Resize mode {attrs.get('mode')}"
     if op == "Pad" and layer.get("pad_value") is None:
