@@ -159,7 +159,9 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
               help="Quantize the model outputs too. By default the ops that write graph outputs compute them in "
                    "float from their int8 inputs (a float consumer gains nothing from a last requantization).")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the integer parameters (scales, zero points, M0 and shift per channel) as JSON.")
+              help="Write the integer parameters as JSON: per op the int8 weight and tensor names, shapes, attributes, "
+                   "scales, zero points, int32 bias, m0 and shift, rounding, clamp, pad values, divisors, lookup "
+                   "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, scheme,
             percentile, compat, stats_path, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""

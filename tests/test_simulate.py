@@ -174,3 +174,8 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "not_a_node" in err and "--params" in err
+    # the fp32 model instead of the int8 one: one line saying so
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "-m", str(tmp_path / "m.onnx"), "--params", str(tmp_path / "p.json"), *common])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "int8 model" in err

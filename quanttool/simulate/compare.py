@@ -28,6 +28,7 @@ class LayerDiff:
     isolated: float = 0.0  # largest |difference| in LSB
     chained: float = 0.0
     differing: int = 0  # values that differ in the chained run
+    isolated_differing: int = 0  # values that differ in the isolated run
     values: int = 0
 
 
@@ -67,7 +68,9 @@ def compare(model: onnx.ModelProto, params: dict, samples: Iterable[dict[str, np
             ref = got[tensor]
             if np.issubdtype(ref.dtype, np.integer):
                 a, b = chained[tensor].astype(np.int64), ref.astype(np.int64)
-                d.isolated = max(d.isolated, float(np.abs(isolated[tensor].astype(np.int64) - b).max(initial=0)))
+                alone = np.abs(isolated[tensor].astype(np.int64) - b)
+                d.isolated = max(d.isolated, float(alone.max(initial=0)))
+                d.isolated_differing += int((alone > 0).sum())
             else:  # a float output: in units of the scale an int8 output would have
                 a, b = chained[tensor].astype(np.float64) / d.scale, ref.astype(np.float64) / d.scale
                 d.isolated = max(d.isolated, float(np.abs(isolated[tensor] / d.scale - b).max(initial=0)))
@@ -84,9 +87,9 @@ def render(report: SimReport) -> str:
     width = max([len(d.node) for d in report.layers] + [5])
     lines = [f"simulated {len(report.layers)} quantized layers over {report.images} images against onnxruntime "
              f"(max |difference| in LSB of each output; isolated = fed onnxruntime's int8 inputs):",
-             f"  {'layer':{width}}  {'op':18} {'kernel':40} {'isolated':>9} {'chained':>9}  differing"]
+             f"  {'layer':{width}}  {'op':18} {'kernel':40} {'isolated':>9} {'chained':>9}  differing (isolated, chained)"]
     for d in report.layers:
-        share = f"{100 * d.differing / d.values:.3f}%" if d.values else "-"
+        share = f"{100 * d.isolated_differing / d.values:.4f}% {100 * d.differing / d.values:.4f}%" if d.values else "-"
         lines.append(f"  {d.node:{width}}  {d.op_type:18} {d.kernel:40} {d.isolated:9.3g} {d.chained:9.3g}  {share}")
     worst = report.worst(integer=True)
     count = sum(d.kernel == "integer" for d in report.layers)

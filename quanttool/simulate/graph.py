@@ -105,6 +105,10 @@ class Simulation:
                 continue
             for out in outs:
                 self.layers[out] = layer
+        int8 = [l for l in params.get("layers", []) if l["output"].get("int8_tensor")]
+        if int8 and not any(l["output"]["int8_tensor"] in known for l in int8):
+            raise QuantError(f"{where}: none of its int8 tensors is in the model; -m must be the int8 model "
+                             f"written together with this --params file, not the fp32 one")
 
     # --- what to compute ------------------------------------------------------------------------------------
     def _layer_deps(self, layer: dict) -> list[str]:
