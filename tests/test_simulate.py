@@ -97,6 +97,13 @@ def test_mobilenet_style_bit_exact(fmt, scheme, int8_outputs):
                  for k, q in table.items()}
     result = convert(model, table, fmt=fmt, int8_outputs=int8_outputs)
     params = json.loads(json.dumps(hardware_params(result, table)))  # as --params writes it
+    layers = {layer["node"]: layer for layer in params["layers"]}
+    # geometry, hand-derived from the architecture: 16x16 stride 2 -> 8x8; pools 2x2/2 and 3x3/2 pad 1 -> 4x4
+    assert layers["stem"]["output"]["shape"] == [1, 8, 8, 8] and layers["stem"]["weight"]["shape"] == [8, 3, 3, 3]
+    assert layers["head.conv"]["inputs"][0]["shape"] == [1, 16, 4, 4]
+    assert layers["se.pool"]["divisor"] == 64 and layers["gap"]["divisor"] == 16
+    assert layers["avgpool"]["divisor"] == "valid_count" and layers["maxpool"]["pad_value"] == -128
+    assert layers["b1.dw"]["attributes"]["group"] == 24 and layers["b1.dw"]["attributes"]["pads"] == [1, 1, 1, 1]
     report = compare(result.model, params, feeds)
     integer, floats = integer_and_float(report)
     ops = {d.op_type for d in integer}
@@ -119,8 +126,8 @@ def test_demo_bit_exact_through_the_cli_files(tmp_path):
     model = onnx.load(tmp_path / "d8.onnx")
     from quanttool.commands import Inputs
     from quanttool.inputs import discover, iter_samples
-    inputs = Inputs(tmp_path / "d8.onnx", **{**DEMO, "images": [str(ROOT / "demo" / "heldout")], "max_images": 30})
-    feeds = [f for _, f in iter_samples(discover(inputs.roots, 30), inputs.specs, inputs.pp)]
+    inputs = Inputs(tmp_path / "d8.onnx", **{**DEMO, "images": [str(ROOT / "demo" / "heldout")], "max_images": 15})
+    feeds = [f for _, f in iter_samples(discover(inputs.roots, 15), inputs.specs, inputs.pp)]
     integer, floats = integer_and_float(compare(model, params, feeds))
     assert len(integer) == 18 and all(d.isolated == 0 and d.chained == 0 for d in integer)
     assert all(d.chained < 1e-3 for d in floats)

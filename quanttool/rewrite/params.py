@@ -102,22 +102,31 @@ def int_clamp(lo: float, hi: float, out: QParam) -> list[int]:
     return [max(qmin, bound(lo, qmin)), min(qmax, bound(hi, qmax))]
 
 
-class _Int8Model:
-    """Name look-ups in the written int8 model: nodes by name, initializers behind DequantizeLinear, shapes."""
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Shapes by tensor name from ONNX shape inference (dynamic dims by name, unknown ones None)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # shapes are informative only; custom ops may defeat inference
+        inferred = model
+    g = inferred.graph
+    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in vi.type.tensor_type.shape.dim]
+              for vi in list(g.input) + list(g.value_info) + list(g.output) if vi.type.tensor_type.HasField("shape")}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    return shapes
 
-    def __init__(self, model: onnx.ModelProto):
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:  # shapes are informative only; custom ops may defeat inference
-            inferred = model
-        g = inferred.graph
-        self.shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                 for d in vi.type.tensor_type.shape.dim]
-                       for vi in list(g.input) + list(g.value_info) + list(g.output)
-                       if vi.type.tensor_type.HasField("shape")}
+
+class _Int8Model:
+    """Name look-ups in the written int8 model: nodes by name, initializers behind DequantizeLinear, shapes.
+    `X_quantized` has the shape of the fp32 tensor X: onnx cannot infer shapes through onnxruntime's
+    com.microsoft QLinear ops, so the fp32 graph's shapes (ConvertResult.shapes) fill in."""
+
+    def __init__(self, model: onnx.ModelProto, fp32_shapes: dict[str, list] | None = None):
+        self.shapes = tensor_shapes(model)
+        for name, shape in (fp32_shapes or {}).items():
+            self.shapes.setdefault(f"{name}_quantized", shape)
+            self.shapes.setdefault(name, shape)
         self.inits = {t.name: t for t in model.graph.initializer}
-        for t in model.graph.initializer:
-            self.shapes[t.name] = list(t.dims)
         self.nodes = {n.name: n for n in model.graph.node}
         self.producer = {o: n for n in model.graph.node for o in n.output}
         self.constants = constant_values(model.graph)
@@ -139,7 +148,7 @@ WEIGHT_SLOT = {"qdq": (1, 2), "QLinearConv": (3, 8), "QGemm": (3, 6), "QLinearMa
 
 
 def hardware_params(result, table: dict) -> dict:
-    int8 = _Int8Model(result.model)
+    int8 = _Int8Model(result.model, getattr(result, "shapes", None))
 
     def qp(name: str) -> QParam:
         value = table[name]
