@@ -39,6 +39,15 @@ def test_ncnn_table_matches_hand_written_example(tmp_path):
                                                   "fc 4\n")
 
 
+def test_ncnn_grouped_conv_has_one_scale_per_group(tmp_path):
+    """onnx2ncnn makes a grouped Conv a ConvolutionDepthWise, whose weight scales are per group."""
+    w = np.array([1.0, -2.0, 0.5, 0.25], np.float32).reshape(4, 1, 1, 1)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="gconv", group=2)],
+                       [tensor_info("x", [1, 2, 1, 1])], [tensor_info("y", [1, 4, 1, 1])], [init("w", w)])
+    write("ncnn", tmp_path / "g.table", {"x": QParam(0.5, 0), "y": QParam(1.0, 0)}, {}, model)
+    assert (tmp_path / "g.table").read_text() == "gconv_param_0 63.5 254\ngconv 2\n"
+
+
 def test_tensorrt_cache_matches_hand_written_example(tmp_path, capsys):
     params = {"x": QParam(0.5, 0), "c": QParam(2.0 ** -7, 0), "f": QParam(127 / 255, -128)}
     write("tensorrt-cache", tmp_path / "m.cache", params, {}, small_model())

@@ -1,6 +1,6 @@
 """ncnn's int8 table (what `ncnn2table` writes and `ncnn2int8` reads): for every Convolution /
 ConvolutionDepthWise / InnerProduct layer a weight line `<layer>_param_0 s_0 s_1 ...` (per output channel,
-s = 127 / max|W_c|), then for the same layers an activation line `<layer> s` for the layer's input blob
+s = 127 / max|W_c|; per group for a grouped conv, which onnx2ncnn turns into ConvolutionDepthWise), then for the same layers an activation line `<layer> s` for the layer's input blob
 (s = 127 / T). Layer names are what onnx2ncnn calls them: the node name, or its first output when unnamed.
 Weights are read from the prepared model (BatchNorm folded, Gemm alpha folded), per output channel along the
 axis convert uses; an all-zero channel gets s = 1 (its weights are 0 under any scale).
@@ -44,7 +44,11 @@ def write_ncnn(path: str | Path, thresholds: Mapping[str, float], model: onnx.Mo
         if any(ch.isspace() for ch in layer):
             raise QuantError(f"node name {layer!r} contains white space, which ncnn's table cannot hold; "
                              f"use --table-format scale")
-        scales = weight_scales(group.weight_array, group.weight_axis)
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1) if node.op_type == "Conv" else 1
+        if groups > 1:  # onnx2ncnn makes it a ConvolutionDepthWise, whose scales are per group
+            scales = weight_scales(group.weight_array.reshape(groups, -1), 0)
+        else:
+            scales = weight_scales(group.weight_array, group.weight_axis)
         weight_lines.append(f"{layer}_param_0 " + " ".join(_number(s) for s in scales))
         blob_lines.append(f"{layer} {_number(127.0 / thresholds[group.act_inputs[0]])}")
     with atomic_open(path, "w", encoding="utf-8") as handle:
