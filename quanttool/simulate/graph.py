@@ -9,23 +9,22 @@ between its DequantizeLinear and QuantizeLinear, and listed in `float_layers`.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import onnx
 from onnx import helper
 
 from ..errors import QuantError, first_line
+from ..rewrite.params import DATA_MOVEMENT
 from ..rewrite.plan import constant_values
 from . import elementwise, linear, movement, pool
 
-KERNELS: dict[str, Callable] = {
+# op type -> the integer kernel family that runs it
+KERNELS: dict[str, str] = {
     "Conv": "linear", "Gemm": "linear", "MatMul": "linear", "Add": "add", "Mul": "mul",
     "Sigmoid": "table", "HardSigmoid": "table", "LeakyRelu": "table", "Relu": "clip", "Clip": "clip",
     "GlobalAveragePool": "global_average", "AveragePool": "average", "MaxPool": "max", "GlobalMaxPool": "global_max",
     "Concat": "concat", "Softmax": "softmax",
-    **{op: "move" for op in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
-                             "Pad", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Resize")},
+    **{op: "move" for op in DATA_MOVEMENT - {"MaxPool", "GlobalMaxPool"}},
 }
 F32 = np.float32
 
