@@ -181,6 +181,15 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "not_a_node" in err and "--params" in err
+    # an older params file without the fields simulate needs: one line, exit 1
+    for layer in other["layers"]:
+        layer.pop("attributes", None)
+    other["layers"][0]["node"] = saved["layers"][0]["node"]
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "attributes" in err and "convert --params" in err
     # the fp32 model instead of the int8 one: one line saying so
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "m.onnx"), "--params", str(tmp_path / "p.json"), *common])
