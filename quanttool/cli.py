@@ -99,6 +99,7 @@ def cli(ctx, debug):
     calibrate  images -> statistics -> .scale table
     convert    fp32 model + table (or images) -> int8 ONNX model
     evaluate   where the accuracy goes, layer by layer and at the outputs
+    simulate   the int8 model integer-only from --params, compared with onnxruntime
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -118,16 +119,24 @@ def _settings(algorithm, scheme, bits, percentile, compat):
 @input_options
 @calibration_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Table file to write [default: MODEL_STEM.scale in the current folder].")
+              help="Table file to write [default: MODEL_STEM.scale (.table for ncnn, .cache for tensorrt-cache, "
+                   "_tengine.scale for tengine) in the current folder].")
 @click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True,
               help="Activation bit width the clip range is fitted for (2..8).")
-def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_path, **inputs):
-    """Run the images through the model once and write a .scale table (name scale zero_point)."""
+@click.option("--table-format", "table_format", type=click.Choice(["scale", "tengine", "ncnn", "tensorrt-cache"]),
+              default="scale", show_default=True,
+              help="scale: quanttool's table (convert -f reads it). tengine: Tengine's `name scale 0` lines. ncnn: "
+                   "ncnn2table's weight `LAYER_param_0 s...` and activation `LAYER s` lines (s = 127/T). "
+                   "tensorrt-cache: TensorRT's EntropyCalibration2 cache (hex float32 scales). The last three "
+                   "are symmetric: use --scheme symmetric.")
+def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_path, table_format, **inputs):
+    """Run the images through the model once and write a table (.scale: name scale zero_point)."""
     from .commands import calibrate_table
+    from .export import SUFFIX
 
     settings = _settings(algorithm, scheme, bits, percentile, compat)
-    output = output or Path(model.stem + ".scale")
-    summary = calibrate_table(model, output, settings, stats_path=stats_path, **inputs)
+    output = output or Path(model.stem + SUFFIX[table_format])
+    summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, **inputs)
     click.echo(summary)
 
 
@@ -150,7 +159,9 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
               help="Quantize the model outputs too. By default the ops that write graph outputs compute them in "
                    "float from their int8 inputs (a float consumer gains nothing from a last requantization).")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the integer parameters (scales, zero points, M0 and shift per channel) as JSON.")
+              help="Write the integer parameters as JSON: per op the int8 weight and tensor names, shapes, attributes, "
+                   "scales, zero points, int32 bias, m0 and shift, rounding, clamp, pad values, divisors, lookup "
+                   "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, scheme,
             percentile, compat, stats_path, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
@@ -195,6 +206,30 @@ def evaluate(model, quantized, table, labels, json_path, report_path, fmt, top, 
         inputs["max_images"] = 50
     click.echo(evaluate_model(model, quantized, table, fmt=fmt, labels=labels, json_path=json_path,
                               report_path=report_path, top=top, **inputs))
+
+
+@cli.command()
+@click.option("-m", "--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The int8 ONNX model made by convert (not the fp32 one).")
+@click.option("--params", "params_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The --params JSON written with that model.")
+@input_options
+@click.option("--rounding", type=click.Choice(["onnxruntime", "fixed-point"]), default="onnxruntime",
+              show_default=True,
+              help="onnxruntime: where onnxruntime requantizes in float32, round acc and acc*m0 to 24 significant "
+                   "bits first (integer ops), matching it bit for bit. fixed-point: one rounding of the exact "
+                   "acc*m0 (Jacob et al.), within 1 LSB per layer.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the per-layer comparison as JSON.")
+def simulate(model, params_path, rounding, json_path, **inputs):
+    """Run the int8 model integer-only from --params and compare each layer with onnxruntime."""
+    if not inputs["images"]:
+        raise UsageError("simulate needs images: -i DIR")
+    from .commands import simulate_model
+
+    if inputs["max_images"] is None:
+        inputs["max_images"] = 20
+    click.echo(simulate_model(model, params_path, rounding=rounding, json_path=json_path, **inputs))
 
 
 def main(argv=None) -> None:

@@ -15,12 +15,12 @@ from typing import Sequence
 
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
-from .errors import QuantError, UsageError, one_line, warn
-from .fileio import atomic_open, check_outputs, write_bytes
+from .errors import QuantError, UsageError, first_line, one_line, warn
+from .fileio import atomic_open, check_outputs, read_text, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
-from .table import read_table, write_table
+from .table import read_table
 
 
 def _check_outputs(inputs: "Inputs", other_inputs: Sequence[Path | None], **outputs: Path | None) -> None:
@@ -119,15 +119,20 @@ def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> t
     return params, meta
 
 
-def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, **options) -> str:
+def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, table_format: str = "scale",
+                    **options) -> str:
+    from .export import write as write_any_table
+
     start = time.perf_counter()
     inputs = Inputs(model, **options)
     if inputs.roots is None:
         raise UsageError("calibrate needs images: -i DIR")
     _check_outputs(inputs, [], output=output, stats=stats_path)
-    params, meta = _table_params(inputs, inputs.static(), settings, stats_path)
-    write_table(output, params, meta)
-    return (f"wrote {output}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
+    prepared = inputs.static()
+    params, meta = _table_params(inputs, prepared, settings, stats_path)
+    write_any_table(table_format, output, params, meta, prepared)
+    kind = "" if table_format == "scale" else f" ({table_format} format)"
+    return (f"wrote {output}{kind}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
             f"{time.perf_counter() - start:.1f} s")
 
 
@@ -241,6 +246,44 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
                         threads=inputs.threads, names=worst, desc="histograms")
         ev.write_html(report, report_path, stats)
     text = ev.render_text(report, top=top)
+    if loaded.skipped:
+        text += f"\n{loaded.skipped} unreadable images skipped"
+    return text
+
+
+def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: Path | None, **options) -> str:
+    """The integer-only simulation of an int8 model from its --params file, against onnxruntime."""
+    from dataclasses import asdict
+
+    from .inputs import LoadReport, discover, iter_samples
+    from .simulate import compare, render
+
+    inputs = Inputs(model, **options)
+    _check_outputs(inputs, [params_path], json=json_path)
+    try:
+        params = json.loads(read_text(params_path))  # a regular file only (a FIFO would hang)
+        if not isinstance(params.get("layers"), list):
+            raise ValueError("no 'layers' list")
+    except FileNotFoundError:
+        raise QuantError(f"--params {params_path}: file not found; write it with `quanttool convert --params`") from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise QuantError(f"--params {params_path}: not a quanttool params file ({first_line(exc)}); write it with "
+                         f"`quanttool convert --params`") from None
+    samples = discover(inputs.roots, inputs.max_images)
+    loaded = LoadReport()
+    feeds = (f for _, f in iter_samples(samples, inputs.specs, inputs.pp, threads=max(1, inputs.threads),
+                                        report=loaded))
+    try:
+        report = compare(inputs.model, params, feeds, inputs.threads, where=f"--params {params_path}",
+                         rounding=rounding)
+    except (KeyError, TypeError, IndexError) as exc:  # an older or edited params file
+        raise QuantError(f"--params {params_path}: an entry lacks {first_line(exc)}; write the file again with "
+                         f"`quanttool convert --params` (it must come with this int8 model)") from None
+    if json_path is not None:
+        with atomic_open(json_path, "w", encoding="utf-8") as handle:
+            json.dump({"images": report.images, "rounding": rounding,
+                       "layers": [asdict(d) for d in report.layers]}, handle, indent=1)
+    text = render(report)
     if loaded.skipped:
         text += f"\n{loaded.skipped} unreadable images skipped"
     return text

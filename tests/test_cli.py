@@ -23,11 +23,12 @@ def test_version():
 @pytest.mark.parametrize("command, options", [
     ("calibrate", ["--model", "--images", "--shape", "--mean", "--norm", "--color", "--resize", "--pad-value",
                    "--focus", "--max-images", "--threads", "--algorithm", "--scheme", "--percentile", "--compat",
-                   "--stats", "--output", "--bits"]),
+                   "--stats", "--output", "--bits", "--table-format"]),
     ("convert", ["--model", "--output", "--table", "--images", "--algorithm", "--format", "--exclude", "--params",
                  "--scheme"]),
     ("evaluate", ["--model", "--quantized", "--table", "--images", "--labels", "--json", "--report",
                   "--max-images"]),
+    ("simulate", ["--model", "--params", "--images", "--rounding", "--json", "--max-images"]),
 ])
 def test_help_documents_every_option(command, options):
     result = quanttool(command, "--help")
@@ -42,6 +43,8 @@ def test_help_documents_every_option(command, options):
     (["calibrate", "-m", "x.onnx", "--bits", "9"], "--bits"),
     (["convert", "-m", "x.onnx", "-o", "y.onnx"], "-f TABLE.scale"),
     (["evaluate", "-m", "x.onnx", "-i", "d"], "-q"),
+    (["simulate", "-m", "x.onnx", "--params", "p.json"], "-i DIR"),
+    (["calibrate", "-m", "x.onnx", "--table-format", "caffe"], "caffe"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, needle):

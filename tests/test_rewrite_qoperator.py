@@ -54,12 +54,17 @@ def test_params_round_trip_integer_conv_matches_onnxruntime():
     bias = np.array(layer["bias"], dtype=np.int64)
     z_in, z_out = layer["inputs"][0]["zero_point"], layer["output"]["zero_point"]
     assert z_out == -128  # unsigned Relu output: the clamp at -128 is the ReLU
-    # the multipliers recorded must be s_in * s_w[c] / s_out
+    # the multipliers recorded must be (s_in * s_w[c]) / s_out as onnxruntime's QLinearConv forms it in float32,
+    # held exactly by m0 (in [2^30, 2^31)) and the shift
     s_in, s_out = layer["inputs"][0]["scale"], layer["output"]["scale"]
+    assert layer["rounding"] == "half_to_even" and layer["clamp"] == [-128, 127]
+    assert layer["activation"] == {"op": "Relu", "min": 0.0, "max": None, "fused": True}
+    assert layer["weight"]["initializer"] == "W_quantized" and layer["bias_initializer"] == "B_quantized"
+    assert layer["attributes"]["strides"] == [2, 1] and layer["pad_value"] == z_in
     for req, s_w in zip(layer["requant"], layer["weight"]["scales"]):
-        # m0 = round(2^31 * M0) with M0 in [0.5, 1): relative rounding error at most 2^-31 / 0.5
         assert 2**30 <= req["m0"] < 2**31
-        assert abs(req["m0"] * 2.0 ** (-31 - req["shift"]) / (s_in * s_w / s_out) - 1) <= 2.0**-30
+        m = np.float32(np.float32(s_in) * np.float32(s_w)) / np.float32(s_out)
+        assert req["m0"] * 2.0 ** (-31 - req["shift"]) == float(m) == req["M"]
     for f in feeds:
         got = run_all(result.model, f, ["x_quantized", "y_quantized"], TensorProto.INT8)
         xq = got["x_quantized"].astype(np.int64)

@@ -35,7 +35,7 @@ from onnx import helper
 from ..errors import QuantError, UsageError, first_line
 from ..prepare.opset import default_opset, upgrade_opset
 from .builder import Builder
-from .params import hardware_params
+from .params import hardware_params, tensor_shapes
 from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
 from .qdq import emit_qdq
 from .qoperator import emit_qoperator
@@ -51,6 +51,7 @@ class ConvertResult:
     quantized: list[QuantizedOp]
     kept_fp32: list[tuple[str, str, str]]  # (node name, op_type, reason)
     fmt: str = "qdq"
+    shapes: dict | None = None  # fp32 tensor shapes before the rewrite (for --params)
 
 
 def check_table(model: onnx.ModelProto, table: dict) -> None:
@@ -69,6 +70,7 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
     model = upgrade_opset(model)
     plan = make_plan(model, table, exclude, bits)
     validate_table(model, table, plan)  # checked on the upgraded graph, the one that gets rewritten
+    shapes = tensor_shapes(model)  # before the rewrite: the com.microsoft ops stop onnx's shape inference
 
     b = Builder(plan, table, bits, all_tensor_names(plan.graph), set(plan.names))
     qset = set(plan.qtensors)
@@ -110,7 +112,7 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
     except onnx.checker.ValidationError as exc:
         raise QuantError(f"internal error: the int8 model fails the ONNX checker: {first_line(exc)}; "
                          f"report this, and --exclude the node it names to work around it") from None
-    return ConvertResult(model, quantized, plan.kept, fmt)
+    return ConvertResult(model, quantized, plan.kept, fmt, shapes)
 
 
 def _drop_dead_qdq(graph: onnx.GraphProto) -> None:

@@ -40,6 +40,13 @@ def clip_bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple
     return lo, hi
 
 
+def activation_bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[float, float] | None:
+    """The real-valued clamp a Relu (0, inf) or Clip (lo, hi) applies; None for other ops or non-constant bounds."""
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    return clip_bounds(node, constants) if node.op_type == "Clip" else None
+
+
 def absorbable(node: onnx.NodeProto, qp: QParam | None, constants: dict[str, np.ndarray]) -> bool:
     """True when quantizing with `qp` (the Relu/Clip output's table entry) reproduces the activation exactly."""
     if qp is None:

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import QuantError, warn
 from ..ops import OPS, ops_where
 from ..qparams import QParam
-from .fuse import ACTIVATIONS, FUSABLE_PRODUCERS, absorbable
+from .fuse import ACTIVATIONS, FUSABLE_PRODUCERS, absorbable, activation_bounds
 
 # Ops with int8 kernels in onnxruntime: their float inputs and outputs are always quantized.
 COMPUTE = ops_where(kind="compute")
@@ -368,14 +368,16 @@ class QuantizedOp:
     outputs: list[str] = field(default_factory=list)  # every quantized output (Split has several)
     form: str = "qdq"  # "qdq", or the op run on int8 in qoperator format (e.g. "QLinearConv")
     float_output: bool = False  # its output is a graph output left in float (convert without int8_outputs)
+    act_bounds: tuple[float, float] | None = None  # real-valued clamp of the absorbed Relu (0, inf) / Clip (lo, hi)
 
 
 def record(plan: Plan, group: Group, form: str, weight_scales=None, bias_q=None, constants=None) -> QuantizedOp:
     act = plan.graph.node[group.act].op_type if group.act is not None else None
+    bounds = activation_bounds(plan.graph.node[group.act], plan.constants) if act is not None else None
     return QuantizedOp(
         node=group.name, op_type=group.op_type, inputs=list(group.act_inputs), output=group.outputs[0],
         weight_scales=None if weight_scales is None else [float(s) for s in np.atleast_1d(weight_scales)],
         weight=group.weight, weight_axis=group.weight_axis,
         bias=None if bias_q is None else [int(v) for v in bias_q], fused=act, constants=dict(constants or {}),
-        outputs=list(group.outputs), form=form,
+        outputs=list(group.outputs), form=form, act_bounds=bounds,
     )
