@@ -114,7 +114,8 @@ def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> t
     stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
                           threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path)
     params = choose_params(prepared, stats, settings)
-    meta = {"model": one_line(inputs.path.name), **meta,  # a header line: one line of printable text "algorithm": settings.algorithm, "scheme": settings.scheme,
+    # the model name becomes a header line: one line of printable text
+    meta = {"model": one_line(inputs.path.name), **meta, "algorithm": settings.algorithm, "scheme": settings.scheme,
             "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
     return params, meta
 

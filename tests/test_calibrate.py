@@ -75,7 +75,10 @@ def test_minmax_table_matches_onnxruntime(setup):
 def test_asymmetric_scheme_follows_seed_formula(setup):
     tmp, path, images, model, xs = setup
     calibrate_table(path, tmp / "t.scale", Settings("minmax", scheme="asymmetric"), images=[str(images)], **OPTIONS)
-    table = read_table(tmp / "t.scale").params
+    read = read_table(tmp / "t.scale")
+    # the header says how the table was made (README: File formats)
+    assert (read.meta["algorithm"], read.meta["scheme"], read.meta["bits"]) == ("minmax", "asymmetric", "8")
+    table = read.params
     lo, hi = exposed_minmax(model, xs, ["a"])["a"]
     scale = (max(hi, 0) - min(lo, 0)) / 255
     assert table["a"].scale == pytest.approx(scale, rel=1e-6)
