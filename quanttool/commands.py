@@ -155,11 +155,13 @@ RECIPE_KEY = "quanttool.recipe"
 
 
 def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int,
-                  int8_outputs: bool, model_sha: str) -> None:
-    """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops."""
+                  int8_outputs: bool, model_sha: str, quantized=()) -> None:
+    """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops and find
+    where each op's weight, bias and constant operands are stored (it reads them, never recomputes them)."""
     recipe = {"model_sha256": model_sha, "format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
               "int8_outputs": int8_outputs,
-              "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()}}
+              "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()},
+              "stored": {op.node: op.stored for op in quantized if op.stored}}
     entry = model.metadata_props.add()
     entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)
 
@@ -189,8 +191,8 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
         params = _load_table(table, dynamic, inputs.sha)
     else:
         params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
-    result = convert(dynamic, params, fmt=fmt, exclude=exclude, bits=weight_bits, int8_outputs=int8_outputs)
-    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha)
+    result = convert(dynamic, params, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
+    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha, result.quantized)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -227,7 +229,11 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
                  f"match, the comparison below is meaningless")
         params = recipe["table"]
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
-                         bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True))
+                         weight_bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True))
+        stored = recipe.get("stored")
+        if isinstance(stored, dict):  # where the int8 file holds each op's weights (names may differ here)
+            for op in result.quantized:
+                op.stored = stored.get(op.node, {})
     else:
         params = _load_table(table, static, inputs.sha)
         result = convert(static, params, fmt=fmt, int8_outputs=False)  # as convert's default

@@ -2,9 +2,10 @@
 quantization. One onnxruntime run of it gives every fp32 activation and every isolated output at once.
 
 A clone reads fake-quantized copies of the op's fp32 activation inputs (QuantizeLinear -> DequantizeLinear
-with the table's parameters), and its weights, bias and constant operands as the converter stores them:
-int8 (int32 for a bias) initializers behind DequantizeLinear, recomputed with the converter's own plan and
-weight functions, so the numbers are the same. An absorbed Relu/Clip is cloned after it, then the output is
+with the table's parameters), and its weights, bias and constant operands exactly as the int8 model stores
+them: its int8 (int32 for a bias) initializers, scales and zero points, copied behind a DequantizeLinear.
+They are read, never recomputed, so options that change them (--reduce-range, weight-side PTQ) cannot make
+the isolated numbers describe another model. An absorbed Relu/Clip is cloned after it, then the output is
 fake-quantized with its own parameters. evaluate runs this model with onnxruntime's QDQ handling off, so
 each clone is a float op on the dequantized weights (fake-quant arithmetic; see run.py). New names carry the
 suffix `__eval`, which the converter never uses.
@@ -21,7 +22,7 @@ from onnx import helper, numpy_helper
 from ..qparams import QParam, qrange
 from ..rewrite import upgrade_opset
 from ..rewrite.plan import QuantizedOp, make_plan
-from ..rewrite.weights import bias_scale, quantize_bias, quantize_weight
+from ..rewrite.weights import bias_scale
 
 SUFFIX = "__eval"
 
@@ -61,13 +62,13 @@ class _Graph:
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def dequantized(self, base: str, q: np.ndarray, scale: np.ndarray, axis: int | None,
-                    nodes: list[onnx.NodeProto], zero_point: int = 0) -> str:
-        """A constant as the converter stores it (int8/int32 + DequantizeLinear): onnxruntime folds the
-        DequantizeLinear into a float initializer with its own arithmetic, the int8 model's dequantized value."""
-        scale = np.asarray(scale, dtype=np.float32)
+    def dequantized(self, base: str, stored: list[np.ndarray], axis: int | None, nodes: list[onnx.NodeProto]) -> str:
+        """A constant as the int8 model stores it ([int values, scale, zero point] + DequantizeLinear):
+        onnxruntime folds the DequantizeLinear into a float initializer with its own arithmetic, the int8
+        model's dequantized value."""
+        q, scale, zero_point = stored
         names = [self.constant(f"{base}_quantized", q), self.constant(f"{base}_scale", scale),
-                 self.constant(f"{base}_zero_point", np.full(scale.shape, zero_point, dtype=q.dtype))]
+                 self.constant(f"{base}_zero_point", zero_point)]
         out = self.unique(f"{base}_dequantized")
         attrs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
         nodes.append(helper.make_node("DequantizeLinear", names, [out], name=self.unique(f"{base}_DQ"), **attrs))
@@ -95,9 +96,23 @@ class _Graph:
         return dq
 
 
-def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], bits: int = 8) -> Isolated:
+def _stored(int8: onnx.ModelProto, op: QuantizedOp) -> dict[str, list[np.ndarray]] | str:
+    """The op's weight, bias and constant operands as arrays read from the int8 model, or why they cannot be."""
+    inits = {t.name: t for t in int8.graph.initializer}
+    arrays = {}
+    for name, names in op.stored.items():
+        missing = [n for n in names if n not in inits]
+        if missing:
+            return f"the int8 model has no initializer {missing[0]!r} for {name!r}"
+        arrays[name] = [numpy_helper.to_array(inits[n]) for n in names]
+    return arrays
+
+
+def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], int8: onnx.ModelProto,
+          bits: int = 8) -> Isolated:
+    """`bits`: the activations' bit width (fake-quant grid); weights come from `int8` as they are."""
     model = upgrade_opset(fp32)  # the converter plans on this graph; node names and weights then match
-    plan = make_plan(model, table, (), bits)
+    plan = make_plan(model, table, ())
     by_name = {plan.names[i]: i for i in range(len(plan.graph.node))}
     graph = model.graph
     g = _Graph(graph, bits)
@@ -126,26 +141,30 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], bits
         for x in dict.fromkeys(op.inputs):
             fq = g.fake_quant(x, _qparam(table, x), fq_nodes)
             inputs = [fq if name == x else name for name in inputs]
+        stored = _stored(int8, op)
+        if isinstance(stored, str):
+            notes.append(f"{op.node}: {stored}; no isolated measurement")
+            continue
         if group is not None and group.weight_array is not None:
-            q, w_scales = quantize_weight(group.weight_array, group.weight_axis, bits)
-            inputs[1] = g.dequantized(group.weight or "weight", q, w_scales, group.weight_axis, fq_nodes)
+            if group.weight not in stored or (group.bias_array is not None and group.bias not in stored):
+                notes.append(f"{op.node}: the int8 model does not say where its weight is stored; "
+                             f"no isolated measurement")
+                continue
+            inputs[1] = g.dequantized(group.weight, stored[group.weight], group.weight_axis, fq_nodes)
             if group.bias_array is not None:
-                channels = group.bias_array.size
-                s_b = bias_scale(_qparam(table, op.inputs[0]).scale, np.broadcast_to(w_scales, (channels,)))
-                q_b = np.asarray(op.bias, dtype=np.int32) if op.bias is not None else \
-                    quantize_bias(group.bias_array, s_b, op.node)
-                inputs[2] = g.dequantized(group.bias or "bias", q_b, s_b, 0, fq_nodes)
+                bias = stored[group.bias]
+                if len(bias) == 1:  # QLinearConv/QGemm: int32 at scale s_in * s_w[c], as the kernel applies it
+                    scale = bias_scale(_qparam(table, op.inputs[0]).scale,
+                                       np.broadcast_to(stored[group.weight][1], bias[0].shape))
+                    bias = [bias[0], scale, np.zeros(scale.shape, np.int32)]
+                inputs[2] = g.dequantized(group.bias, bias, 0, fq_nodes)
             for name, value in group.attrs.items():  # Gemm alpha/beta, already folded into weight and bias
                 for attr in clone.attribute:
                     if attr.name == name:
                         attr.CopyFrom(helper.make_attribute(name, value))
-        for name, (scale, zp) in op.constants.items():
-            value = plan.constants.get(name)
-            if value is not None:
-                qmax = 2 ** (bits - 1) - 1
-                q = np.clip(np.round(value.astype(np.float64) / np.float32(scale)) + zp, -qmax, qmax)
-                deq = g.dequantized(name, q.astype(np.int8), np.array(scale, dtype=np.float32), None, fq_nodes,
-                                    zero_point=int(zp))
+        for name in op.constants:
+            if name in stored:
+                deq = g.dequantized(name, stored[name], None, fq_nodes)
                 inputs = [deq if x == name else x for x in inputs]
         del clone.input[:]
         clone.input.extend(inputs)

@@ -212,7 +212,7 @@ def evaluate(fp32: onnx.ModelProto, int8: onnx.ModelProto, table: dict[str, QPar
              samples: Iterable[tuple[str, dict[str, np.ndarray]]], total: int, *, labels: dict[str, int] | None = None,
              threads: int = 0, bits: int = 8) -> EvalReport:
     """Per-layer (isolated and accumulated) and per-output comparison of `int8` against `fp32`."""
-    iso = isolated.build(fp32, table, quantized, bits)
+    iso = isolated.build(fp32, table, quantized, int8, bits)
     notes = list(iso.notes)
     int8_tensors = _produced(int8)
     inits = {t.name: t for t in int8.graph.initializer}

@@ -1,6 +1,6 @@
 """rewrite: turn a prepared fp32 ONNX model and an activation table into an int8 ONNX model.
 
-`convert(model, table, fmt="qdq"|"qoperator", exclude=(), bits=8) -> ConvertResult`.
+`convert(model, table, fmt="qdq"|"qoperator", exclude=(), weight_bits=8) -> ConvertResult`.
 
 Tensor naming (evaluate relies on it). For every quantized activation X (graph input or node output):
 - `X_scale`, `X_zero_point`: scalar float32 / int8 initializers, the table's entry for X;
@@ -60,19 +60,21 @@ def check_table(model: onnx.ModelProto, table: dict) -> None:
 
 
 def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: Sequence[str] = (),
-            bits: int = 8, int8_outputs: bool = True) -> ConvertResult:
+            weight_bits: int = 8, int8_outputs: bool = True) -> ConvertResult:
     """The int8 model. With int8_outputs=False, an op that writes a graph output computes it in float from
-    its int8 inputs: a consumer of float outputs gains nothing from a last requantization, only its error."""
+    its int8 inputs: a consumer of float outputs gains nothing from a last requantization, only its error.
+    `weight_bits` is the weights' (and constant operands') bit width only: activations always use the table's
+    8-bit parameters."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: unknown format; use one of {', '.join(FORMATS)}")
-    if not 2 <= bits <= 8:
-        raise UsageError(f"--bits {bits}: int8 storage holds 2 to 8 bits; choose a value in that range")
+    if not 2 <= weight_bits <= 8:
+        raise UsageError(f"weight bits {weight_bits}: int8 storage holds 2 to 8 bits; choose a value in that range")
     model = upgrade_opset(model)
-    plan = make_plan(model, table, exclude, bits)
+    plan = make_plan(model, table, exclude)
     validate_table(model, table, plan)  # checked on the upgraded graph, the one that gets rewritten
     shapes = tensor_shapes(model)  # before the rewrite: the com.microsoft ops stop onnx's shape inference
 
-    b = Builder(plan, table, bits, all_tensor_names(plan.graph), set(plan.names))
+    b = Builder(plan, table, weight_bits, all_tensor_names(plan.graph), set(plan.names))
     qset = set(plan.qtensors)
     # only outputs no other node reads: an output that also feeds further ops stays quantized for them
     read = {name for node in plan.graph.node for name in node.input}

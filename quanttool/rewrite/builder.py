@@ -30,12 +30,17 @@ class WeightQ:
     axis: int | None
     emitted: bool = False  # whether the DequantizeLinear producing `dequantized` exists yet
 
+    @property
+    def names(self) -> list[str]:
+        """The stored initializers: [int values, scale, zero point]."""
+        return [self.q, self.scale, self.zero_point]
+
 
 @dataclass
 class Builder:
     plan: Plan
     table: dict
-    bits: int
+    weight_bits: int  # weights and constant operands; activations come from the table
     taken: set[str]  # tensor names in use
     node_names: set[str]  # node names in use (original nodes keep theirs)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
@@ -115,7 +120,7 @@ class Builder:
     def weight(self, group: Group) -> WeightQ:
         key = (group.weight, group.weight_axis, group.weight_array.tobytes())
         if key not in self.weights:
-            q, scales = quantize_weight(group.weight_array, group.weight_axis, self.bits)
+            q, scales = quantize_weight(group.weight_array, group.weight_axis, self.weight_bits)
             self.weights[key] = self._const_q(group.weight, q, scales, group.weight_axis)
         return self.weights[key]
 
@@ -124,8 +129,8 @@ class Builder:
         key = (name, "const")
         if key not in self.weights:
             value = self.plan.constants[name]
-            qp = constant_qparam(value, self.bits)
-            qmax = 2 ** (self.bits - 1) - 1
+            qp = constant_qparam(value, self.weight_bits)
+            qmax = 2 ** (self.weight_bits - 1) - 1
             q = np.clip(np.round(value.astype(np.float64) / np.float32(qp.scale)), -qmax, qmax).astype(np.int8)
             self.weights[key] = self._const_q(name, q, np.array(qp.scale, dtype=np.float32), None)
         return self.weights[key]

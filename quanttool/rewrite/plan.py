@@ -369,9 +369,14 @@ class QuantizedOp:
     form: str = "qdq"  # "qdq", or the op run on int8 in qoperator format (e.g. "QLinearConv")
     float_output: bool = False  # its output is a graph output left in float (convert without int8_outputs)
     act_bounds: tuple[float, float] | None = None  # real-valued clamp of the absorbed Relu (0, inf) / Clip (lo, hi)
+    # weight, bias and constant operands as stored in the int8 model: original initializer name ->
+    # [int initializer, scale, zero point] names ([int initializer] alone for a QLinearConv/QGemm bias, whose
+    # scale is s_in * s_w by definition); evaluate reads them there instead of recomputing them
+    stored: dict[str, list[str]] = field(default_factory=dict)
 
 
-def record(plan: Plan, group: Group, form: str, weight_scales=None, bias_q=None, constants=None) -> QuantizedOp:
+def record(plan: Plan, group: Group, form: str, weight_scales=None, bias_q=None, constants=None,
+           stored=None) -> QuantizedOp:
     act = plan.graph.node[group.act].op_type if group.act is not None else None
     bounds = activation_bounds(plan.graph.node[group.act], plan.constants) if act is not None else None
     return QuantizedOp(
@@ -379,5 +384,5 @@ def record(plan: Plan, group: Group, form: str, weight_scales=None, bias_q=None,
         weight_scales=None if weight_scales is None else [float(s) for s in np.atleast_1d(weight_scales)],
         weight=group.weight, weight_axis=group.weight_axis,
         bias=None if bias_q is None else [int(v) for v in bias_q], fused=act, constants=dict(constants or {}),
-        outputs=list(group.outputs), form=form, act_bounds=bounds,
+        outputs=list(group.outputs), form=form, act_bounds=bounds, stored=dict(stored or {}),
     )

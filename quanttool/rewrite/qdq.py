@@ -30,20 +30,23 @@ def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
     new.name = plan.names[i]
     inputs = list(node.input)
     w_scales = bias_q = None
-    consts = {}
+    consts, stored = {}, {}
     if group is not None and group.weight_array is not None:
         wq = b.weight(group)
         inputs[1] = b.dequantized(wq)
         w_scales = wq.scales
+        stored[group.weight] = wq.names
         if group.bias_array is not None:
             bq, bias_q = b.bias(group, b.qp(group.act_inputs[0]).scale, wq.scales)
             inputs[2] = b.dequantized(bq)
+            stored[group.bias] = bq.names
         for name, value in group.attrs.items():
             _set_attr(new, name, value)
     if group is not None:
         for name in group.const_inputs:
             cq = b.constant(name)
             consts[name] = (float(cq.scales), 0)
+            stored[name] = cq.names
             inputs = [b.dequantized(cq) if x == name else x for x in inputs]
     inputs = [b.deq(x) if x in qset else x for x in inputs]
     del new.input[:]
@@ -58,4 +61,4 @@ def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
             b.dequantize(x)
     if group is None:
         return None
-    return record(plan, group, "qdq", w_scales, bias_q, consts)
+    return record(plan, group, "qdq", w_scales, bias_q, consts, stored)

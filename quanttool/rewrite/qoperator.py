@@ -55,46 +55,49 @@ def emit_qoperator(b: Builder, i: int, opset: int) -> QuantizedOp | None:
     if op == "Conv" and group.weight_array is not None:
         wq = b.weight(group)
         ins = _qin(b, group.act_inputs[0]) + [wq.q, wq.scale, wq.zero_point, *b.act_qparams(out)]
-        bias_q = None
+        bias_q, stored = None, {group.weight: wq.names}
         if group.bias_array is not None:
             bq, bias_q = b.bias(group, b.qp(group.act_inputs[0]).scale, wq.scales)
             ins.append(bq.q)
+            stored[group.bias] = [bq.q]  # the kernel scales it by s_in * s_w itself
         b.add_node("QLinearConv", ins, [b.claim(f"{out}_quantized")], name, keep_name=True, **attrs)
-        return _finish(b, group, "QLinearConv", wq.scales, bias_q)
+        return _finish(b, group, "QLinearConv", wq.scales, bias_q, stored=stored)
 
     if op == "MatMul":
         if group.weight_array is not None:
             if group.weight_array.ndim != 2:
                 return None
             wq = b.weight(group)
-            b_in, w_scales = [wq.q, wq.scale, wq.zero_point], wq.scales
+            b_in, w_scales, stored = [wq.q, wq.scale, wq.zero_point], wq.scales, {group.weight: wq.names}
         else:
-            b_in, w_scales = _qin(b, group.act_inputs[1]), None
+            b_in, w_scales, stored = _qin(b, group.act_inputs[1]), None, {}
         ins = _qin(b, group.act_inputs[0]) + b_in + list(b.act_qparams(out))
         b.add_node("QLinearMatMul", ins, [b.claim(f"{out}_quantized")], name, keep_name=True)
-        return _finish(b, group, "QLinearMatMul", w_scales)
+        return _finish(b, group, "QLinearMatMul", w_scales, stored=stored)
 
     if op == "Gemm" and group.weight_array is not None:
         wq = b.weight(group)
         ins = _qin(b, group.act_inputs[0]) + [wq.q, wq.scale, wq.zero_point]
-        bias_q = None
+        bias_q, stored = None, {group.weight: wq.names}
         if group.bias_array is not None:
             bq, bias_q = b.bias(group, b.qp(group.act_inputs[0]).scale, wq.scales)
             ins.append(bq.q)
+            stored[group.bias] = [bq.q]  # the kernel scales it by s_in * s_w itself
         else:
             ins.append("")
         ins += list(b.act_qparams(out))
         b.add_node("QGemm", ins, [b.claim(f"{out}_quantized")], name, keep_name=True, domain=MS,
                    transB=int(attrs.get("transB", 0)), alpha=1.0)
-        return _finish(b, group, "QGemm", wq.scales, bias_q)
+        return _finish(b, group, "QGemm", wq.scales, bias_q, stored=stored)
 
     if op in ("Add", "Mul", "Concat"):
-        operands, consts = [], {}
+        operands, consts, stored = [], {}, {}
         for x in node.input:
             if x in group.const_inputs:
                 cq = b.constant(x)
-                operands.append([cq.q, cq.scale, cq.zero_point])
+                operands.append(cq.names)
                 consts[x] = (float(cq.scales), 0)
+                stored[x] = cq.names
             else:
                 operands.append(_qin(b, x))
         if op == "Concat":
@@ -106,7 +109,7 @@ def emit_qoperator(b: Builder, i: int, opset: int) -> QuantizedOp | None:
                 return None
             ins = operands[0] + operands[1] + list(b.act_qparams(out))
             b.add_node(f"QLinear{op}", ins, [b.claim(f"{out}_quantized")], name, keep_name=True, domain=MS)
-        return _finish(b, group, f"QLinear{op}", constants=consts)
+        return _finish(b, group, f"QLinear{op}", constants=consts, stored=stored)
 
     if op in UNARY:
         if op == "Softmax":
@@ -119,7 +122,7 @@ def emit_qoperator(b: Builder, i: int, opset: int) -> QuantizedOp | None:
     return None
 
 
-def _finish(b: Builder, group, form: str, w_scales=None, bias_q=None, constants=None) -> QuantizedOp:
+def _finish(b: Builder, group, form: str, w_scales=None, bias_q=None, constants=None, stored=None) -> QuantizedOp:
     for x in group.outputs:
         b.dequantize(x)
-    return record(b.plan, group, form, w_scales, bias_q, constants)
+    return record(b.plan, group, form, w_scales, bias_q, constants, stored)
