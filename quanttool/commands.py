@@ -246,7 +246,7 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
                          total=len(samples), labels=label_map, threads=inputs.threads)
     if json_path is not None:
         with atomic_open(json_path, "w", encoding="utf-8") as handle:
-            json.dump(ev.to_json(report), handle, indent=1)
+            json.dump(ev.to_json(report), handle, indent=1, allow_nan=False)
     if report_path is not None:
         worst = [layer.output for layer in report.layers[:6]]
         stats = observe(static, iter_samples(samples[:20], inputs.specs, inputs.pp), total=min(20, len(samples)),

@@ -76,6 +76,17 @@ class Preprocess:
                 )
         if any(v == 0 for v in self.norm):
             raise UsageError("--norm must not contain 0: it would turn every input into zeros")
+        if self.pad_value is not None and not math.isfinite(self.pad_value):
+            raise UsageError(f"--pad-value must be a finite pixel value (0..255); got {self.pad_value}")
+        # every pixel (0..255, or the pad) must map to a finite float32, or the model sees Inf/NaN
+        pixels = (0.0, 255.0) + (() if self.pad_value is None else (self.pad_value,))
+        limit = float(np.finfo(np.float32).max)
+        for mean in self.mean:
+            for norm in self.norm:
+                worst = max(abs((p - mean) * norm) for p in pixels)
+                if not worst <= limit:
+                    raise UsageError(f"--mean {mean:g} and --norm {norm:g} map pixel values to {worst:.3g}, beyond "
+                                     f"float32's range ({limit:.3g}); use a smaller --norm or --mean")
 
     def describe(self) -> str:
         """Stable one-line text, written into .scale headers and compared to find matching cached stats."""

@@ -51,6 +51,15 @@ def activation_names(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def nonfinite(name: str, key: str, is_input: bool) -> QuantError:
+    """The error for a NaN/Inf in tensor `name` on image `key`, blaming what can cause it."""
+    if is_input:
+        return QuantError(f"input {name!r} contains NaN or Inf on image {key}; check the image and the "
+                          f"preprocessing options (--mean/--norm)")
+    return QuantError(f"tensor {name!r} contains NaN or Inf on image {key} although the model's inputs are finite: "
+                      f"the model overflows or divides by zero on this input; check the model")
+
+
 def observe(model: onnx.ModelProto, samples: Iterable[tuple[str, Mapping[str, np.ndarray]]], total: int,
             threads: int = 0, names: list[str] | None = None, desc: str = "calibrate") -> dict[str, TensorStats]:
     """Run every sample once and return streaming statistics for each float activation."""
@@ -71,8 +80,7 @@ def observe(model: onnx.ModelProto, samples: Iterable[tuple[str, Mapping[str, np
             try:
                 stats[name].update(value, batch=value.shape[0] if value.ndim else 1)
             except ValueError:
-                raise QuantError(f"tensor {name!r} contains NaN or Inf on image {key}; check the image and "
-                                 f"the preprocessing options (--mean/--norm)") from None
+                raise nonfinite(name, key, name in inputs) from None
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None

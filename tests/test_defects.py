@@ -90,3 +90,69 @@ def test_evaluate_after_reduce_range_uses_the_stored_7_bit_weights(tmp_path, cap
     expected = sqnr(np.concatenate(refs), np.concatenate(isos))
     assert expected > 25  # the stored 7-bit weights, not 8-bit recomputed ones against a 7-bit bias
     assert layer["isolated_sqnr_db"] == pytest.approx(expected, rel=1e-4)
+
+
+# ---- item 2: NaN/Inf inputs are refused by evaluate as by calibrate, naming the cause; JSON stays strict ----
+@pytest.fixture
+def conv_workspace(tmp_path):
+    """Conv+Relu model with a dynamic batch, three 10x12 RGB images (letterbox pads them)."""
+    from PIL import Image
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = make_model(nodes, [tensor_info("x", ["N", 3, 8, 8])], [tensor_info("y", ["N", 4, 8, 8])],
+                       [init("w", RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)),
+                        init("b", RNG.normal(size=4).astype(np.float32))])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(RNG.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    return tmp_path, path, images
+
+
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+@pytest.mark.parametrize("options, needle", [
+    (["--resize", "letterbox", "--pad-value", "nan"], "--pad-value"),
+    (["--norm", "1e39"], "--norm"),
+    (["--mean", "-1e38", "--norm", "10"], "--mean"),
+])
+def test_nonfinite_preprocessing_is_a_usage_error(conv_workspace, capsys, command, options, needle):
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")[0] == 0
+    extra = ["-f", tmp / "t.scale", "--json", tmp / "e.json"] if command == "evaluate" else ["-o", tmp / "u.scale"]
+    code, _, err = run_cli(capsys, command, "-m", model, "-i", images, *options, *extra)
+    assert code == 2 and needle in error_line(err)
+    assert not (tmp / "e.json").exists() and not (tmp / "u.scale").exists()
+
+
+def test_evaluate_refuses_a_nonfinite_input_naming_it():
+    from quanttool.errors import QuantError
+    from quanttool.evaluate import evaluate
+    from quanttool.qparams import QParam
+    from quanttool.rewrite import convert
+
+    model, _, _ = conv1x1_model()
+    table = {"x": QParam(0.03, 0), "c": QParam(0.05, 0)}
+    result = convert(model, table)
+    bad = np.zeros((1, 3, 5, 5), np.float32)
+    bad[0, 1, 2, 3] = np.inf
+    samples = [("good.npy", {"x": np.ones((1, 3, 5, 5), np.float32)}), ("bad.npy", {"x": bad})]
+    with pytest.raises(QuantError, match=r"input 'x' contains NaN or Inf on image bad.npy"):
+        evaluate(model, result.model, table, result.quantized, iter(samples), 2)
+
+
+def test_json_report_is_strict_json_whatever_the_numbers():
+    from quanttool.evaluate import to_json
+    from quanttool.evaluate.report import EvalReport, LayerReport, OutputReport
+
+    nan = float("nan")
+    layer = LayerReport("conv", "Conv", "c", 0, 0.1, 0, nan, nan, math.inf, nan, nan, 0.0, [nan, 0.5], [(0, nan)])
+    report = EvalReport([layer], [OutputReport("y", nan, -math.inf, nan, nan)], 1)
+    text = json.dumps(to_json(report), allow_nan=False)  # raises on NaN/Infinity
+    data = json.loads(text)
+    assert data["layers"][0]["isolated_sqnr_db"] is None and data["layers"][0]["channel_cosines"] == [None, 0.5]
+    assert data["layers"][0]["worst_channels"] == [{"channel": 0, "cosine": None}]
+    assert data["outputs"][0] == {"name": "y", "cosine": None, "sqnr_db": None, "max_abs_error": None,
+                                  "top1_agreement": None}

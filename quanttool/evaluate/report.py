@@ -2,7 +2,8 @@
 
 JSON numbers: an SQNR is +inf when the error is exactly zero (lossless) and -inf when the reference is all
 zeros but the int8 tensor is not; JSON has no infinities, so both are written as null. `mse` (layers) and
-`max_abs_error` (outputs) tell the two apart: 0 means lossless.
+`max_abs_error` (outputs) tell the two apart: 0 means lossless. Any other non-finite number (a NaN the model
+itself computes) is null too: the file is always strict JSON.
 """
 
 from __future__ import annotations
@@ -79,4 +80,15 @@ def to_json(report: EvalReport) -> dict:
         acc = report.accuracy
         data["accuracy"] = {"output": acc.output, "labeled": acc.labeled, "unlabeled": acc.unlabeled,
                             "fp32": acc.fp32, "int8": acc.int8}
-    return data
+    return _strict(data)
+
+
+def _strict(value):
+    """The same structure with every non-finite float replaced by null (JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if isinstance(value, float):
+        return finite(value)
+    return value

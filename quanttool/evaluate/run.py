@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from ..errors import QuantError, first_line
 from ..fileio import read_text
+from ..observe import nonfinite
 from ..ops import ops_where
 from ..qparams import QParam, qrange
 from ..rewrite.plan import QuantizedOp
@@ -281,6 +282,9 @@ def evaluate(fp32: onnx.ModelProto, int8: onnx.ModelProto, table: dict[str, QPar
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for key, feeds in tqdm(samples, total=total, unit="img", desc="evaluate", dynamic_ncols=True):
+            for name, value in feeds.items():  # as calibrate: NaN/Inf would make every metric NaN
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise nonfinite(name, key, True)
             a = _run(sess_a, a_names, feeds, key, "fp32 model")
             b = _run(sess_b, b_names, feeds, key, "int8 model")
             b_out = b
