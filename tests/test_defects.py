@@ -156,3 +156,35 @@ def test_json_report_is_strict_json_whatever_the_numbers():
     assert data["layers"][0]["worst_channels"] == [{"channel": 0, "cosine": None}]
     assert data["outputs"][0] == {"name": "y", "cosine": None, "sqnr_db": None, "max_abs_error": None,
                                   "top1_agreement": None}
+
+
+# ---- item 3: the --stats cache key covers the external data files too ----------------------------------------
+def test_stats_cache_is_not_reused_after_the_external_weights_change(conv_workspace, capsys):
+    import hashlib
+
+    import onnx
+
+    from quanttool.prepare import model_hash
+
+    tmp, inline, images = conv_workspace
+    assert model_hash(inline) == hashlib.sha256(inline.read_bytes()).hexdigest()  # no external data: the file's
+    model = onnx.load(str(inline))
+    folder = tmp / "ext"
+    folder.mkdir()
+    path = folder / "m.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    stats = tmp / "s.npz"
+    assert run_cli(capsys, "calibrate", "-m", path, "-i", images, "-o", tmp / "a.scale", "--stats", stats)[0] == 0
+    # the same weights times 10, same file size: the model file itself is unchanged
+    before = path.read_bytes()
+    model = onnx.load(str(inline))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    (folder / "m.data").unlink()
+    for tensor in model.graph.initializer:
+        tensor.CopyFrom(onnx.numpy_helper.from_array(weights[tensor.name] * 10, tensor.name))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    assert path.read_bytes() == before
+    code, _, err = run_cli(capsys, "calibrate", "-m", path, "-i", images, "-o", tmp / "b.scale", "--stats", stats)
+    assert code == 1 and "different model sha256" in error_line(err) and not (tmp / "b.scale").exists()

@@ -125,10 +125,28 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
     return model, data_files
 
 
+def _external_locations(path: Path) -> list[str]:
+    """The external data files the model reads, by their relative location (sorted, each once)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({entry.value for tensor in _all_tensors(model.graph)
+                   if tensor.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in tensor.external_data if entry.key == "location"})
+
+
 def model_hash(path: str | Path) -> str:
-    """sha256 hex digest of the model file's bytes (external data files are not included)."""
+    """sha256 hex digest of every byte the model reads: the model file, then each external data file (by its
+    location and contents), so a cache keyed on it is invalidated when an external weight file changes. A
+    model without external data keeps the digest of its file alone (`sha256sum model.onnx`)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+
+    def feed(file: Path) -> None:
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+
+    feed(path)
+    for location in _external_locations(path):  # load_model has already confined them to the model's folder
+        digest.update(b"\0external data\0" + location.encode("utf-8") + b"\0")
+        feed(path.parent / location)
     return digest.hexdigest()
