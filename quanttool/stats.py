@@ -217,9 +217,48 @@ class TensorStats:
         """Histogram of |x| without the exact zeros: (counts over BINS bins of (0, R], R)."""
         return self.pos + self.neg, self.range
 
+    def problem(self) -> str | None:
+        """Why these statistics cannot have come from `update` (a damaged or edited file), or None. Every field
+        is checked, since each feeds an algorithm: a NaN or negative range gave a wrong scale or an endless
+        loop before."""
+        ints = {key: getattr(self, key) for key in _INTEGERS}
+        for key, value in ints.items():
+            if not isinstance(value, int) or value < 0:
+                return f"{key} is {value}, not a count"
+        for key in ("sum", "sumsq", "sumabs"):
+            if not math.isfinite(getattr(self, key)):
+                return f"{key} is {getattr(self, key)}"
+        if self.sumsq < 0 or self.sumabs < 0:
+            return "a sum of squares or of |x| is negative"
+        for key, hist in (("pos", self.pos), ("neg", self.neg)):
+            if hist.shape != (BINS,) or hist.dtype.kind not in "iu" or int(hist.min(initial=0)) < 0:
+                return f"histogram {key} is not {BINS} non-negative counts"
+        if self.zeros > self.count or self.zeros + int(self.pos.sum()) + int(self.neg.sum()) != self.count:
+            return "the histograms and the count of zeros do not add up to the element count"
+        if self.edge_pos > self.pos[BINS - 1] or self.edge_neg > self.neg[BINS - 1]:
+            return "the edge counts exceed the top bins"
+        if self.count == 0:
+            return None if self.range == 0.0 and self.min == math.inf and self.max == -math.inf else \
+                "no elements, yet a range, min or max"
+        if not (math.isfinite(self.min) and math.isfinite(self.max) and self.min <= self.max):
+            return f"min {self.min} and max {self.max} are not a finite interval"
+        if self.sumabs < abs(self.sum) * (1 - 1e-9) or self.sumabs > self.count * self.absmax * (1 + 1e-9):
+            return "the sum of |x| does not fit the sum, count and range"
+        absmax = self.absmax
+        if absmax == 0.0:
+            return None if self.range == 0.0 else f"range {self.range} for all-zero values"
+        if not (math.isfinite(self.range) and self.range > 0 and math.frexp(self.range)[0] == 0.5):
+            return f"range {self.range} is not a positive power of two"
+        if not absmax <= self.range < 2 * absmax:
+            return f"range {self.range} does not fit the largest |x| {absmax}"
+        return None
+
     # ---- accumulation ---------------------------------------------------------------------------------
     def _grow(self, target: float) -> None:
         """Double R until it reaches `target`, merging bin pairs so the histograms stay exact."""
+        if not (math.isfinite(target) and target > 0) or not (math.isfinite(self.range) and self.range >= 0):
+            # would never end (a negative or infinite range); update/merge only see this with damaged statistics
+            raise ValueError(f"cannot grow the histogram range {self.range} to {target}")
         if self.range == 0.0:
             self.range = target
             return
@@ -318,6 +357,10 @@ def save_stats(path: str | os.PathLike, stats: dict[str, TensorStats], meta: dic
         np.savez(handle, **arrays)
 
 
+class _Damaged(ValueError):
+    """A statistics file that reads fine but holds values `update` cannot produce."""
+
+
 def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[str, str]]:
     """Read a file written by `save_stats`; anything else is a QuantError naming the file."""
     try:
@@ -331,14 +374,27 @@ def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[st
             pos, neg = data["pos"], data["neg"]
             if pos.shape != (len(names), BINS) or neg.shape != pos.shape:
                 raise ValueError("histogram shape does not match the tensor names")
+            for key, column in columns.items():
+                want = "i" if key in _INTEGERS else "f"
+                if column.shape != (len(names),) or column.dtype.kind != want:
+                    raise ValueError(f"column {key!r} does not hold one {'integer' if want == 'i' else 'float'} "
+                                     f"per tensor")
+            if pos.dtype.kind not in "iu" or neg.dtype.kind not in "iu":
+                raise ValueError("histograms are not integer counts")
             stats = {}
             for i, name in enumerate(names):
                 item = TensorStats(pos=pos[i].astype(np.int64), neg=neg[i].astype(np.int64))
                 for key, column in columns.items():
-                    setattr(item, key, int(column[i]) if column.dtype.kind == "i" else float(column[i]))
+                    setattr(item, key, int(column[i]) if key in _INTEGERS else float(column[i]))
+                problem = item.problem()
+                if problem:
+                    raise _Damaged(f"tensor {name!r}: {problem}")
                 stats[name] = item
     except FileNotFoundError:
         raise QuantError(f"{path}: statistics file not found; run calibrate with --stats to create it") from None
+    except _Damaged as exc:
+        raise QuantError(f"{path}: damaged statistics ({exc}); delete the file or choose another --stats path, "
+                         f"and calibrate again") from None
     except Exception as exc:  # zip, npz, key, decode and shape errors all mean the same to the user
         raise QuantError(f"{path}: not a quanttool statistics file ({type(exc).__name__}: {first_line(exc)}); "
                          f"delete it or choose another --stats path") from None

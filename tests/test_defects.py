@@ -188,3 +188,71 @@ def test_stats_cache_is_not_reused_after_the_external_weights_change(conv_worksp
     assert path.read_bytes() == before
     code, _, err = run_cli(capsys, "calibrate", "-m", path, "-i", images, "-o", tmp / "b.scale", "--stats", stats)
     assert code == 1 and "different model sha256" in error_line(err) and not (tmp / "b.scale").exists()
+
+
+# ---- item 4: every field of a --stats file is validated on load ---------------------------------------------
+def _rewrite_npz(path, **changes):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    for key, change in changes.items():
+        arrays[key] = change(arrays[key].copy())
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _set_first(value):
+    def change(column):
+        column[0] = value
+        return column
+    return change
+
+
+@pytest.mark.parametrize("field, value", [("range", float("nan")), ("range", -4.0), ("range", 3.0),
+                                          ("min", float("nan")), ("max", float("inf")), ("count", -5),
+                                          ("zeros", 10**9), ("sumsq", -1.0), ("edge_pos", 10**9)])
+@pytest.mark.parametrize("algorithm", ["mse", "kl"])
+def test_damaged_stats_are_refused_naming_the_tensor(conv_workspace, capsys, field, value, algorithm):
+    tmp, model, images = conv_workspace
+    stats = tmp / "s.npz"
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "a.scale", "--stats", stats)[0] == 0
+    _rewrite_npz(stats, **{field: _set_first(value)})
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-a", algorithm, "-o", tmp / "b.scale",
+                           "--stats", stats)
+    line = error_line(err)
+    assert code == 1 and "damaged statistics" in line and "tensor 'x'" in line and not (tmp / "b.scale").exists()
+
+
+def test_damaged_histogram_and_a_good_file_round_trip(tmp_path):
+    from quanttool.errors import QuantError
+    from quanttool.stats import TensorStats, load_stats, save_stats
+
+    st = TensorStats()
+    st.update(RNG.standard_normal((2, 50)).astype(np.float32), batch=2)
+    st.update(np.zeros((1, 50), np.float32), batch=1)
+    path = tmp_path / "s.npz"
+    save_stats(path, {"t": st}, {"k": "v"})
+    loaded, meta = load_stats(path)  # what update produced passes every check
+    assert meta == {"k": "v"} and loaded["t"].count == 150 and loaded["t"].zeros == 50
+    _rewrite_npz(path, pos=lambda h: h - 1)
+    with pytest.raises(QuantError, match=r"damaged statistics \(tensor 't': histogram pos"):
+        load_stats(path)
+
+
+def test_growing_a_damaged_range_raises_instead_of_looping_forever():
+    import threading
+
+    from quanttool.stats import TensorStats
+
+    outcome = []
+
+    def grow():
+        st = TensorStats(range=-1.0, count=1, min=-0.5, max=0.5)
+        try:
+            st.merge(TensorStats(range=2.0, count=1, samples=1, min=1.5, max=1.5))
+        except ValueError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=grow, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and outcome and "cannot grow" in outcome[0]
