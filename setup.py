@@ -30,7 +30,9 @@ class OptionalBuildExt(build_ext):
 
 
 flags = [] if sys.platform == "win32" else ["-O3"]
+libraries = [] if sys.platform == "win32" else ["m"]  # frexp, ldexp, fmax, fabs: libm is a separate library
 setup(
-    ext_modules=[Extension("quanttool._statskernel", ["quanttool/_statskernel.c"], extra_compile_args=flags)],
+    ext_modules=[Extension("quanttool._statskernel", ["quanttool/_statskernel.c"], extra_compile_args=flags,
+                           libraries=libraries)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

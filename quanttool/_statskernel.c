@@ -1,6 +1,9 @@
 /* One pass of TensorStats.update (quanttool/stats.py) over a contiguous float32 array, called through ctypes.
 
-   qt_fold(x, n, bins, range_io, hist, moments) -> 0, or 1 if x holds a NaN or an Inf (outputs then undefined).
+   qt_fold(x, n, bins, range_io, hist, moments) -> QT_OK (0); QT_NONFINITE (1) if x holds a NaN or an Inf;
+   QT_BADARG (2) if bins is outside 1..QT_MAX_BINS or n < 0; QT_NOMEM (3) if the scratch arrays cannot be
+   allocated. On any code but QT_OK the outputs are undefined. The scratch arrays (about 80 KB) live on the
+   heap: a worker thread's stack may be as small as 64 KB (musl, or threading.stack_size).
    range_io: R on entry (0 = none yet); on return the smallest power of two >= R and >= max |x|.
    hist: 2 * (bins + 1) int64, zeroed by the caller; gets pos bins 0..bins, then neg bins 0..bins, at the
          returned R. Bin k holds floor(|x| * bins / R) == k; bin `bins` is |x| == R exactly (the caller folds
@@ -14,7 +17,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+enum { QT_OK = 0, QT_NONFINITE = 1, QT_BADARG = 2, QT_NOMEM = 3 };
+#define QT_MAX_BINS 2048
 
 #define BLOCK 4096
 #define LANES 4  /* interleaved copies of the histogram: runs of equal bins would otherwise serialise */
@@ -156,26 +163,37 @@ INLINE void block_bins(const float *p, int m, double scale, int center, int slot
     acc[0] = s0, acc[1] = s1, acc[2] = q0, acc[3] = q1, acc[4] = a0, acc[5] = a1;
 }
 
-DISPATCH int qt_fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments)
+static int fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments,
+                uint32_t *lanes, int32_t *index);
+
+int qt_fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments)
+{
+    if (bins < 1 || bins > QT_MAX_BINS || n < 0)
+        return QT_BADARG;
+    uint32_t *lanes = calloc((size_t)LANES * (2 * bins + 3), sizeof *lanes);
+    int32_t *index = malloc(sizeof *index * BLOCK);
+    int code = lanes && index ? fold(x, n, bins, range_io, hist, moments, lanes, index) : QT_NOMEM;
+    free(lanes);
+    free(index);
+    return code;
+}
+
+DISPATCH static int fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments,
+                         uint32_t *lanes, int32_t *index)
 {
     const int slots = 2 * bins + 3, center = bins + 1;
-    uint32_t lanes[LANES * (2 * 2048 + 3)];
-    int32_t index[BLOCK];
     d4 acc[6];
     double range = *range_io, scale = range > 0 ? bins / range : 0.0;
     float lo = INFINITY, hi = -INFINITY;
     int64_t zeros = 0, since_flush = 0;
 
-    if (bins > 2048)
-        return 2;
-    memset(lanes, 0, sizeof(uint32_t) * (size_t)LANES * slots);
     memset(acc, 0, sizeof acc);
     for (int64_t start = 0; start < n; start += BLOCK) {
         const float *p = x + start;
         int m = n - start < BLOCK ? (int)(n - start) : BLOCK;
         float bmin, bmax;
         if (block_minmax(p, m, &bmin, &bmax) || isinf(bmin) || isinf(bmax))
-            return 1;
+            return QT_NONFINITE;
         lo = bmin < lo ? bmin : lo;
         hi = bmax > hi ? bmax : hi;
 
@@ -224,7 +242,7 @@ DISPATCH int qt_fold(const float *x, int64_t n, int bins, double *range_io, int6
     moments[3] = s;
     moments[4] = q;
     moments[5] = a;
-    return 0;
+    return QT_OK;
 }
 
 /* Present only so setuptools can build this file as an extension module; Python never imports it

@@ -88,8 +88,19 @@ def calibration_options(func):
     return func
 
 
+def _version(ctx, _param, value):
+    """--version, and which statistics path calibration runs: a kernel that failed to load must be visible."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .stats import KERNEL_STATUS
+
+    click.echo(f"quanttool, version {__version__}\nstatistics: {KERNEL_STATUS}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, "--version", prog_name="quanttool")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and whether the C statistics kernel is in use, then exit.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
 @click.pass_context
 def cli(ctx, debug):

@@ -45,23 +45,26 @@ _INTEGERS = ("count", "numel", "samples", "zeros", "edge_pos", "edge_neg")
 
 
 def _load_kernel():
-    """qt_fold from the compiled _statskernel library, or None (not built, not loadable, or disabled)."""
+    """(qt_fold from the compiled _statskernel library or None, and a sentence saying which path runs and why).
+    A kernel that was built but cannot be loaded is reported with the loader's reason, not hidden."""
     if os.environ.get("QUANTTOOL_NO_KERNEL", "") not in ("", "0"):
-        return None
+        return None, "numpy fallback (QUANTTOOL_NO_KERNEL is set)"
+    spec = importlib.util.find_spec(f"{__package__}._statskernel")
+    if spec is None or not spec.origin:
+        return None, "numpy fallback (the C kernel was not built at install time: no C compiler?)"
     try:
-        spec = importlib.util.find_spec(f"{__package__}._statskernel")
-        if spec is None or not spec.origin:
-            return None
         fold = ctypes.CDLL(spec.origin).qt_fold
-    except (OSError, AttributeError, ImportError):
-        return None
+    except (OSError, AttributeError) as exc:
+        return None, f"numpy fallback (the C kernel {spec.origin} failed to load: {first_line(exc)})"
     fold.restype = ctypes.c_int
     fold.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_double),
                      ctypes.c_void_p, ctypes.c_void_p]
-    return fold
+    return fold, f"C kernel ({spec.origin})"
 
 
-_KERNEL = _load_kernel()  # tests set this to None to exercise the numpy path
+_KERNEL, KERNEL_STATUS = _load_kernel()  # tests set _KERNEL to None to exercise the numpy path
+# qt_fold's return codes (_statskernel.c)
+_NONFINITE, _BADARG, _NOMEM = 1, 2, 3
 
 
 class _Buffers(threading.local):
@@ -162,8 +165,13 @@ def _fold_kernel(flat: np.ndarray, rng: float) -> tuple:
     hist = np.zeros(2 * (BINS + 1), np.int64)
     moments = np.empty(6, np.float64)
     box = ctypes.c_double(rng)
-    if _KERNEL(flat.ctypes.data, flat.size, BINS, ctypes.byref(box), hist.ctypes.data, moments.ctypes.data):
+    code = _KERNEL(flat.ctypes.data, flat.size, BINS, ctypes.byref(box), hist.ctypes.data, moments.ctypes.data)
+    if code == _NONFINITE:
         raise ValueError("contains NaN or Inf")
+    if code == _NOMEM:
+        raise MemoryError("the statistics kernel could not allocate its scratch arrays")
+    if code:
+        raise RuntimeError(f"the statistics kernel refused its arguments (code {code}, {BINS} bins)")
     lo, hi, zeros, total, sq, absolute = moments.tolist()
     return lo, hi, int(zeros), total, sq, absolute, box.value, hist[:BINS + 1], hist[BINS + 1:]
 

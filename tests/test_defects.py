@@ -256,3 +256,74 @@ def test_growing_a_damaged_range_raises_instead_of_looping_forever():
     worker.start()
     worker.join(5)
     assert not worker.is_alive() and outcome and "cannot grow" in outcome[0]
+
+
+# ---- the C statistics kernel: heap scratch, meaningful return codes, a visible load failure -------------------
+def _kernel():
+    from quanttool import stats
+
+    if stats._KERNEL is None:
+        pytest.skip("C kernel not built")
+    return stats._KERNEL
+
+
+def test_kernel_runs_on_a_64_kb_thread_stack():
+    import subprocess
+    import sys
+
+    _kernel()
+    script = ("import threading, numpy as np\n"
+              "threading.stack_size(64 * 1024)\n"
+              "from quanttool import stats\n"
+              "out = []\n"
+              "def work():\n"
+              "    st = stats.TensorStats(); st.update(np.linspace(-3, 5, 10000, dtype=np.float32)); out.append(st)\n"
+              "t = threading.Thread(target=work); t.start(); t.join()\n"
+              "print(stats._KERNEL is not None, out[0].count, int(out[0].pos.sum() + out[0].neg.sum()))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr  # was a segmentation fault: 80 KB of arrays on the stack
+    assert result.stdout.split() == ["True", "10000", "10000"]  # no exact zero in the linspace
+
+
+def test_kernel_return_codes_mean_what_they_say():
+    import ctypes
+
+    from quanttool.stats import BINS
+
+    kernel = _kernel()
+
+    def call(x, n=None, bins=BINS):
+        hist, moments, box = np.zeros(2 * (BINS + 1), np.int64), np.empty(6), ctypes.c_double(0.0)
+        return kernel(x.ctypes.data, x.size if n is None else n, bins, ctypes.byref(box), hist.ctypes.data,
+                      moments.ctypes.data), moments
+
+    x = np.array([0.5, -2.0, 0.0, 3.0], np.float32)
+    code, moments = call(x)
+    assert code == 0 and list(moments[:3]) == [-2.0, 3.0, 1.0] and moments[3] == pytest.approx(1.5)
+    assert call(np.array([1.0, np.nan], np.float32))[0] == 1
+    assert call(np.array([np.inf], np.float32))[0] == 1
+    assert call(x, bins=4096)[0] == 2 and call(x, bins=0)[0] == 2 and call(x, n=-1)[0] == 2
+
+
+def test_version_says_which_statistics_path_runs(monkeypatch, tmp_path, capsys):
+    import importlib.machinery
+    import importlib.util
+    import subprocess
+    import sys
+
+    from quanttool import stats
+
+    env = {"PATH": "/usr/bin:/bin", "QUANTTOOL_NO_KERNEL": "1"}
+    result = subprocess.run([sys.executable, "-m", "quanttool", "--version"], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0 and "statistics: numpy fallback (QUANTTOOL_NO_KERNEL is set)" in result.stdout
+    if stats._KERNEL is not None:
+        code, out, _ = run_cli(capsys, "--version")
+        assert code == 0 and "statistics: C kernel (" in out
+    broken = tmp_path / "_statskernel.so"
+    broken.write_bytes(b"not a shared library")
+    monkeypatch.delenv("QUANTTOOL_NO_KERNEL", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: importlib.machinery.ModuleSpec(name, None, origin=str(broken)))
+    kernel, status = stats._load_kernel()
+    assert kernel is None and status.startswith(f"numpy fallback (the C kernel {broken} failed to load: ")
