@@ -20,7 +20,7 @@ from .fileio import atomic_open, check_outputs, read_text, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
-from .table import read_table
+from .table import Table, read_table
 
 
 def _check_outputs(inputs: "Inputs", other_inputs: Sequence[Path | None], **outputs: Path | None) -> None:
@@ -110,14 +110,14 @@ class Inputs:
         return prep.prepare(self.model, None, name=str(self.path))
 
 
-def _table_params(inputs: Inputs, prepared, settings: Settings, stats_path) -> tuple[dict, dict]:
+def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path) -> Table:
     stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
                           threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path)
     params = choose_params(prepared, stats, settings)
     # the model name becomes a header line: one line of printable text
     meta = {"model": one_line(inputs.path.name), **meta, "algorithm": settings.algorithm, "scheme": settings.scheme,
             "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
-    return params, meta
+    return Table(params, {key: str(value) for key, value in meta.items()})
 
 
 def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, table_format: str = "scale",
@@ -130,25 +130,24 @@ def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path
         raise UsageError("calibrate needs images: -i DIR")
     _check_outputs(inputs, [], output=output, stats=stats_path)
     prepared = inputs.static()
-    params, meta = _table_params(inputs, prepared, settings, stats_path)
-    write_any_table(table_format, output, params, meta, prepared)
+    table = _calibrated(inputs, prepared, settings, stats_path)
+    write_any_table(table_format, output, table, prepared)
     kind = "" if table_format == "scale" else f" ({table_format} format)"
-    return (f"wrote {output}{kind}: {len(params)} tensors, algorithm {settings.algorithm}, {meta['images']} images, "
-            f"{time.perf_counter() - start:.1f} s")
+    return (f"wrote {output}{kind}: {len(table.params)} tensors, algorithm {settings.algorithm}, "
+            f"{table.meta['images']} images, {time.perf_counter() - start:.1f} s")
 
 
-def _load_table(path: Path, prepared, model_sha: str) -> dict:
-    known = {name for node in prepared.graph.node for name in node.output}
-    known |= {inp.name for inp in prepared.graph.input}
-    table = read_table(path, known=known)
+def _load_table(path: Path, model_sha: str) -> Table:
+    """The table file, its values checked; its names are checked against the model by the converter."""
+    table = read_table(path)
     if table.meta.get("bits", "8") != "8":
         warn(f"{path} was fitted for {table.meta['bits']}-bit activations; the int8 model stores them in 8 bits "
              f"with these scales, so it does not clip to {table.meta['bits']} bits")
     made_for = table.meta.get("model_sha256")
     if made_for and made_for != model_sha:
         warn(f"{path} was calibrated on a different model file (sha256 {made_for[:12]}..., this one "
-             f"{model_sha[:12]}...); its tensor names all match, so it is used")
-    return table.params
+             f"{model_sha[:12]}...); it is used if its tensor names all match")
+    return table
 
 
 RECIPE_KEY = "quanttool.recipe"
@@ -188,10 +187,11 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
     dynamic = inputs.dynamic()
     if table is not None:
-        params = _load_table(table, dynamic, inputs.sha)
+        loaded = _load_table(table, inputs.sha)
     else:
-        params, _ = _table_params(inputs, inputs.static(), settings, stats_path)
-    result = convert(dynamic, params, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
+        loaded = _calibrated(inputs, inputs.static(), settings, stats_path)
+    params = loaded.params
+    result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
     record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha, result.quantized)
     data = result.model.SerializeToString()
     write_bytes(output, data)
@@ -235,8 +235,9 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
             for op in result.quantized:
                 op.stored = stored.get(op.node, {})
     else:
-        params = _load_table(table, static, inputs.sha)
-        result = convert(static, params, fmt=fmt, int8_outputs=False)  # as convert's default
+        loaded = _load_table(table, inputs.sha)
+        params = loaded.params
+        result = convert(static, loaded, fmt=fmt, int8_outputs=False)  # as convert's default
         int8 = result.model
     samples = discover(inputs.roots, inputs.max_images)
     loaded = LoadReport()

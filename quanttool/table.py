@@ -1,16 +1,23 @@
 """The `.scale` table: one line per activation tensor, `name scale zero_point`, plus `#` header lines.
 
 Scales are written with 9 significant digits, which round-trips float32 exactly (Tengine's `%f` rounds
-scales below 5e-7 to 0). Names may contain spaces: a line is split on its LAST two fields.
+scales below 5e-7 to 0). Names may contain spaces: a line is split on its LAST two fields. A name that this
+plain form cannot carry (leading or trailing whitespace, a line break or other control or separator character
+such as \\x0c, \\x85 or \\u2028, a leading `#` or `"`, or an empty name) is written as a JSON string
+literal, `"..."` with ASCII escapes, so every name round-trips; plain names stay exactly Tengine's format.
+Lines are separated by \\n only (\\r\\n is accepted): names never contain a raw line break.
+
+The table's values (numbers, ranges, duplicates) are checked here, on reading; whether its names belong to a
+model is checked once, by the converter (`rewrite.plan.validate_table`), which cites `Table.where`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
-
 import numpy as np
 
 from .errors import QuantError
@@ -23,26 +30,77 @@ FLOAT32_TINY, FLOAT32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.
 
 @dataclass
 class Table:
+    """Activation parameters by tensor name, the header, and where each entry came from (for messages)."""
+
     params: dict[str, QParam]
     meta: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # the file it was read from
+    lines: dict[str, int] = field(default_factory=dict)  # line number of each name in `source`
+
+    def where(self, name: str) -> str:
+        """`FILE:LINE: ` for a name read from a file, else an empty prefix."""
+        if self.source is None:
+            return ""
+        return f"{self.source}:{self.lines[name]}: " if name in self.lines else f"{self.source}: "
 
 
 def format_scale(scale: float) -> str:
     return format(float(np.float32(scale)), ".9g")
 
 
-def write_table(path: str | Path, params: Mapping[str, QParam], meta: Mapping[str, object] = ()) -> None:
-    lines = ["# quanttool scale table: name scale zero_point"]
-    lines += [f"# {key}: {value}" for key, value in dict(meta).items()]
-    for name, qp in params.items():
-        if any(ch in name for ch in "\r\n") or name.startswith("#"):
-            raise QuantError(f"tensor name {name!r} cannot be written to a table (newline or leading '#')")
-        lines.append(f"{name} {format_scale(qp.scale)} {int(qp.zero_point)}")
-    with atomic_open(path, "w", encoding="utf-8") as handle:
+def _plain(text: str) -> bool:
+    """Whether `text` survives the plain `name scale zero_point` form unchanged: no control, format or separator
+    character (Unicode categories C and Z) but the space, no space at either end, no leading `#` or `"`."""
+    return (bool(text) and text == text.strip(" ") and text[0] not in '#"'
+            and all(ch == " " or unicodedata.category(ch)[0] not in "CZ" for ch in text))
+
+
+def encode_name(name: str) -> str:
+    return name if _plain(name) else json.dumps(name, ensure_ascii=True)
+
+
+def _decode(text: str) -> str:
+    """A header value as written by `write_table`: plain, or a JSON string."""
+    if text.startswith('"'):
+        try:
+            value = json.loads(text)
+            return value if isinstance(value, str) else text
+        except ValueError:
+            pass
+    return text
+
+
+def write_table(path: str | Path, table: Table) -> None:
+    lines = ["# quanttool scale table, one line per tensor = name scale zero_point (a quoted name is a JSON string)"]
+    for key, value in table.meta.items():
+        if not _plain(str(key)) or ":" in str(key):
+            raise QuantError(f"table header key {key!r} cannot be written; use letters, digits and '_'")
+        text = str(value)
+        lines.append(f"# {key}: {text if not text or _plain(text) else json.dumps(text, ensure_ascii=True)}")
+    for name, qp in table.params.items():
+        lines.append(f"{encode_name(name)} {format_scale(qp.scale)} {int(qp.zero_point)}")
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
         handle.write("\n".join(lines) + "\n")
 
 
-def read_table(path: str | Path, known: Iterable[str] | None = None, bits: int = 8) -> Table:
+def _split_entry(line: str, where: str) -> tuple[str, str, str]:
+    """(name, scale text, zero point text) of one entry line (stripped of spaces and tabs at both ends)."""
+    if line.startswith('"'):
+        try:
+            name, end = json.JSONDecoder().raw_decode(line)
+        except ValueError:
+            name, end = None, 0
+        fields = line[end:].split()
+        if not isinstance(name, str) or len(fields) != 2 or not line[end:end + 1].isspace():
+            raise QuantError(f"{where}: expected `\"quoted name\" scale zero_point` (a JSON string), got {line!r}")
+        return name, fields[0], fields[1]
+    fields = line.rsplit(None, 2)
+    if len(fields) != 3:
+        raise QuantError(f"{where}: expected `name scale zero_point`, got {line!r}")
+    return fields[0], fields[1], fields[2]
+
+
+def read_table(path: str | Path, bits: int = 8) -> Table:
     """Parse and validate a table; every problem names the file and line and says how to fix it."""
     path = Path(path)
     try:
@@ -51,23 +109,19 @@ def read_table(path: str | Path, known: Iterable[str] | None = None, bits: int =
         raise QuantError(f"{path}: table file not found; create one with `quanttool calibrate`") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise QuantError(f"{path}: cannot read the table ({exc}); pass a text .scale file") from None
-    known = set(known) if known is not None else None
     qmin, qmax = qrange(bits)
-    table = Table({})
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
+    table = Table({}, source=str(path))
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r").strip(" \t")
         where = f"{path}:{number}"
         if not line:
             continue
         if line.startswith("#"):
             key, sep, value = line[1:].partition(":")
             if sep:
-                table.meta[key.strip()] = value.strip()
+                table.meta[key.strip()] = _decode(value.strip(" \t"))
             continue
-        fields = line.rsplit(None, 2)
-        if len(fields) != 3:
-            raise QuantError(f"{where}: expected `name scale zero_point`, got {line!r}")
-        name, scale_text, zp_text = fields
+        name, scale_text, zp_text = _split_entry(line, where)
         try:
             scale = float(scale_text)
             zero_point = int(zp_text)
@@ -83,10 +137,8 @@ def read_table(path: str | Path, known: Iterable[str] | None = None, bits: int =
             raise QuantError(f"{where}: tensor {name!r} has zero point {zero_point}, outside [{qmin}, {qmax}]")
         if name in table.params:
             raise QuantError(f"{where}: tensor {name!r} appears twice; keep one line per tensor")
-        if known is not None and name not in known:
-            raise QuantError(f"{where}: {name!r} is not a tensor of this model; "
-                             f"the table was probably made for another model, re-run calibrate")
         table.params[name] = QParam(scale, zero_point)
+        table.lines[name] = number
     if not table.params:
         raise QuantError(f"{path}: the table has no entries; create one with `quanttool calibrate`")
     return table

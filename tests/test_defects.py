@@ -327,3 +327,63 @@ def test_version_says_which_statistics_path_runs(monkeypatch, tmp_path, capsys):
                         lambda name: importlib.machinery.ModuleSpec(name, None, origin=str(broken)))
     kernel, status = stats._load_kernel()
     assert kernel is None and status.startswith(f"numpy fallback (the C kernel {broken} failed to load: ")
+
+
+# ---- item 11: every tensor name round-trips through the .scale table --------------------------------------
+ODD_NAMES = [" lead", "trail ", "a\x0cb", "c\x85d", "e\u2028f", "g\u2029h", "#hash", '"quoted"', "tab\tin",
+             "new\nline", "cr\rret", "nul\x00byte", "nbsp\xa0x", "back\\slash", "ünï cødé", "sp ace", "x 1.0 0"]
+
+
+def test_any_name_round_trips_through_the_table_file(tmp_path):
+    from quanttool.qparams import QParam
+    from quanttool.table import Table, read_table, write_table
+
+    params = {name: QParam(0.001 * (k + 1), k - 8) for k, name in enumerate(ODD_NAMES)}
+    meta = {"model": "we\u2028ird\nname.onnx", "images": "3", "preprocess": ' "quoted" '}
+    path = tmp_path / "t.scale"
+    write_table(path, Table(params, meta))
+    lines = path.read_bytes().decode("utf-8").split("\n")
+    assert "sp ace 0.0160000008 7" in lines and "x 1.0 0 0.0170000009 8" in lines  # plain names stay plain
+    assert '" lead" 0.00100000005 -8' in lines and '"e\\u2028f" 0.00499999989 -4' in lines
+    table = read_table(path)
+    assert list(table.params) == ODD_NAMES and table.meta == meta
+    for name, qp in params.items():
+        got = table.params[name]
+        assert (np.float32(got.scale), got.zero_point) == (np.float32(qp.scale), qp.zero_point)
+
+
+def test_calibrate_then_convert_with_odd_tensor_names(tmp_path, capsys):
+    """Each odd name is a real activation: calibrate writes it, convert reads it back and quantizes."""
+    from onnx import TensorProto
+
+    names = [" lead", "trail ", "a\x0cb", "c\x85d", "e\u2028f", "#hash"]
+    nodes, prev = [], "x"
+    for k, name in enumerate(names):
+        nodes.append(helper.make_node("Conv", [prev, f"w{k}"], [name], name=f"conv{k}"))
+        prev = name
+    nodes.append(helper.make_node("Relu", [prev], ["y"], name="relu"))
+    inits = [init(f"w{k}", RNG.standard_normal((2, 2, 1, 1)).astype(np.float32)) for k in range(len(names))]
+    model = make_model(nodes, [tensor_info("x", [1, 2, 4, 4])], [tensor_info("y", [1, 2, 4, 4], TensorProto.FLOAT)],
+                       inits)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    images = tmp_path / "npy"
+    images.mkdir()
+    for k in range(3):
+        np.save(images / f"{k}.npy", RNG.standard_normal((1, 2, 4, 4)).astype(np.float32))
+    assert run_cli(capsys, "calibrate", "-m", path, "-i", images, "-o", tmp_path / "t.scale")[0] == 0
+    code, out, err = run_cli(capsys, "convert", "-m", path, "-f", tmp_path / "t.scale", "-o", tmp_path / "q.onnx")
+    assert code == 0, err
+    assert "6 ops quantized (Conv 6)" in out  # the Relu is absorbed into the last Conv
+
+
+def test_a_foreign_name_is_reported_once_with_file_and_line(conv_workspace, capsys):
+    """The names are checked in one place (the converter) and the message still cites the table's line."""
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")[0] == 0
+    lines = (tmp / "t.scale").read_text().splitlines()
+    bad = tmp / "bad.scale"
+    bad.write_text("\n".join(lines[:-1] + ['"foreign\\u2028name" 0.5 0', lines[-1]]) + "\n")
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", bad, "-o", tmp / "q.onnx")
+    assert code == 1
+    assert f"{bad}:{len(lines)}: 'foreign\\u2028name' is not a tensor of this model" in error_line(err)

@@ -11,6 +11,7 @@ from quanttool.calibrate import Settings
 from quanttool.commands import calibrate_table
 from quanttool.errors import QuantError
 from quanttool.export import write
+from quanttool.table import Table
 from quanttool.qparams import QParam
 from tests.helpers import init, make_model, tensor_info
 from tests.test_calibrate import OPTIONS, exposed_minmax
@@ -31,7 +32,7 @@ PARAMS = {"x": QParam(0.5, 0), "c": QParam(0.0078125, 0), "f": QParam(0.25, 0), 
 
 
 def test_ncnn_table_matches_hand_written_example(tmp_path):
-    write("ncnn", tmp_path / "m.table", PARAMS, {}, small_model())
+    write("ncnn", tmp_path / "m.table", Table(PARAMS), small_model())
     # s = 127 / max|W_c| per output channel; activation s = 127 / T with T = 127 * scale of the layer's input
     assert (tmp_path / "m.table").read_text() == ("conv1_param_0 63.5 254\n"
                                                   "fc_param_0 127 31.75 508\n"
@@ -44,13 +45,13 @@ def test_ncnn_grouped_conv_has_one_scale_per_group(tmp_path):
     w = np.array([1.0, -2.0, 0.5, 0.25], np.float32).reshape(4, 1, 1, 1)
     model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="gconv", group=2)],
                        [tensor_info("x", [1, 2, 1, 1])], [tensor_info("y", [1, 4, 1, 1])], [init("w", w)])
-    write("ncnn", tmp_path / "g.table", {"x": QParam(0.5, 0), "y": QParam(1.0, 0)}, {}, model)
+    write("ncnn", tmp_path / "g.table", Table({"x": QParam(0.5, 0), "y": QParam(1.0, 0)}), model)
     assert (tmp_path / "g.table").read_text() == "gconv_param_0 63.5 254\ngconv 2\n"
 
 
 def test_tensorrt_cache_matches_hand_written_example(tmp_path, capsys):
     params = {"x": QParam(0.5, 0), "c": QParam(2.0 ** -7, 0), "f": QParam(127 / 255, -128)}
-    write("tensorrt-cache", tmp_path / "m.cache", params, {}, small_model())
+    write("tensorrt-cache", tmp_path / "m.cache", Table(params), small_model())
     # 0.5 = 0x3f000000, 2^-7 = 0x3c000000; f has zero point -128: T = 255 * 127/255 = 127 -> scale 1.0 = 0x3f800000
     assert (tmp_path / "m.cache").read_text() == ("TRT-8601-EntropyCalibration2\n"
                                                   "x: 3f000000\n"
@@ -60,10 +61,10 @@ def test_tensorrt_cache_matches_hand_written_example(tmp_path, capsys):
 
 
 def test_tengine_table_matches_hand_written_example(tmp_path):
-    write("tengine", tmp_path / "t.scale", PARAMS, {}, small_model())
+    write("tengine", tmp_path / "t.scale", Table(PARAMS), small_model())
     assert (tmp_path / "t.scale").read_text() == "x 0.5 0\nc 0.0078125 0\nf 0.25 0\ny 1 0\n"
     with pytest.raises(QuantError, match="white space"):
-        write("tengine", tmp_path / "u.scale", {"a b": QParam(0.5, 0)}, {}, small_model())
+        write("tengine", tmp_path / "u.scale", Table({"a b": QParam(0.5, 0)}), small_model())
 
 
 def test_calibrate_writes_tensorrt_cache_with_minmax_scales(tmp_path):

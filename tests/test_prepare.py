@@ -424,7 +424,10 @@ def test_external_data_loads_and_escapes_are_refused(tmp_path):
     before = model_hash(path)
     loaded = load_model(path)
     np.testing.assert_array_equal(weights(loaded)["w"], weights(model)["w"])
-    assert model_hash(path) == before == hashlib.sha256(path.read_bytes()).hexdigest()
+    # every byte the model reads: the model file, then each external file by location and contents
+    data = (path.parent / "m.bin").read_bytes()
+    expected = hashlib.sha256(path.read_bytes() + b"\0external data\0m.bin\0" + data).hexdigest()
+    assert model_hash(path) == before == expected
 
     outside = save_external(model, tmp_path / "up" / "inner")
     os.replace(outside.parent / "m.bin", tmp_path / "up" / "x.bin")

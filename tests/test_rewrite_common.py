@@ -210,7 +210,7 @@ def test_check_table_names_missing_and_foreign_tensors():
     missing = {k: v for k, v in table.items() if k != "y"}
     with pytest.raises(QuantError, match="tensor 'y' has no entry in the table; re-run calibrate"):
         check_table(model, missing)
-    with pytest.raises(QuantError, match="'foo' is not a tensor of model"):
+    with pytest.raises(QuantError, match="'foo' is not a tensor of this model"):
         convert(model, {**table, "foo": QParam(0.1, 0)})
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from quanttool.errors import QuantError
 from quanttool.qparams import QParam
-from quanttool.table import read_table, write_table
+from quanttool.table import Table, read_table, write_table
 
 
 def test_round_trip_keeps_float32_precision_and_spaces(tmp_path):
@@ -15,7 +15,7 @@ def test_round_trip_keeps_float32_precision_and_spaces(tmp_path):
         "x": QParam(float(np.float32(1 / 3)), 17),
     }
     path = tmp_path / "m.scale"
-    write_table(path, params, {"algorithm": "kl", "images": 3})
+    write_table(path, Table(params, {"algorithm": "kl", "images": "3"}))
     table = read_table(path)
     assert table.meta["algorithm"] == "kl" and table.meta["images"] == "3"
     assert list(table.params) == list(params)
@@ -33,13 +33,14 @@ def test_round_trip_keeps_float32_precision_and_spaces(tmp_path):
     ("a 0.1", "expected"),
     ("a abc 0", "not a number"),
     ("a 0.1 0\na 0.2 0", "twice"),
-    ("zzz 0.1 0", "not a tensor"),
+    ('"a 0.1 0', "quoted name"),
+    ('"a" 0.1', "quoted name"),
 ])
 def test_bad_lines_name_the_line_and_reason(tmp_path, line, reason):
     path = tmp_path / "bad.scale"
     path.write_text("# header\n" + line + "\n")
     with pytest.raises(QuantError) as err:
-        read_table(path, known={"a"})
+        read_table(path)
     message = str(err.value)
     bad_line = 2 + line.count("\n")  # the header is line 1; a duplicate is reported on its second line
     assert f"{path}:{bad_line}" in message and reason in message

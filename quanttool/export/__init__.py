@@ -1,6 +1,6 @@
 """Calibration tables in other tools' formats, from the same activation parameters (one small writer each).
 
-`write(fmt, path, params, meta, model)`: `scale` is quanttool's own table (table.py); `tengine`, `ncnn` and
+`write(fmt, path, table, model)`: `scale` is quanttool's own table (table.py); `tengine`, `ncnn` and
 `tensorrt-cache` are the files those runtimes read (README "Other table formats"). All three are symmetric
 int8: an entry with a zero point is widened to T = max|range| by `threshold` and a warning says how many.
 """
@@ -14,7 +14,7 @@ import onnx
 
 from ..errors import warn
 from ..qparams import QParam, qrange
-from ..table import write_table
+from ..table import Table, write_table
 
 TABLE_FORMATS = ("scale", "tengine", "ncnn", "tensorrt-cache")
 # default file name suffix per format (after the model stem)
@@ -38,10 +38,10 @@ def symmetric_thresholds(params: Mapping[str, QParam], fmt: str) -> dict[str, fl
     return {name: threshold(qp) for name, qp in params.items()}
 
 
-def write(fmt: str, path: str | Path, params: Mapping[str, QParam], meta: Mapping[str, object],
-          model: onnx.ModelProto) -> None:
+def write(fmt: str, path: str | Path, table: Table, model: onnx.ModelProto) -> None:
+    params = table.params
     if fmt == "scale":
-        write_table(path, params, meta)
+        write_table(path, table)
     elif fmt == "tengine":
         from .tengine import write_tengine
         write_tengine(path, symmetric_thresholds(params, fmt))

@@ -34,6 +34,7 @@ from onnx import helper
 
 from ..errors import QuantError, UsageError, first_line
 from ..prepare.opset import default_opset, upgrade_opset
+from ..table import Table
 from .builder import Builder
 from .params import hardware_params, tensor_shapes
 from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
@@ -54,12 +55,18 @@ class ConvertResult:
     shapes: dict | None = None  # fp32 tensor shapes before the rewrite (for --params)
 
 
-def check_table(model: onnx.ModelProto, table: dict) -> None:
+def check_table(model: onnx.ModelProto, table: dict | Table) -> None:
     """QuantError naming the tensor when the table does not fit the model (foreign names, missing entries)."""
-    validate_table(model, table, make_plan(model, table))
+    table, where = _params(table)
+    validate_table(model, table, make_plan(model, table), where)
 
 
-def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: Sequence[str] = (),
+def _params(table: dict | Table):
+    """(name -> QParam, where(name) -> 'FILE:LINE: ' prefix for messages, empty for a plain dict)."""
+    return (table.params, table.where) if isinstance(table, Table) else (table, lambda name: "")
+
+
+def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", exclude: Sequence[str] = (),
             weight_bits: int = 8, int8_outputs: bool = True) -> ConvertResult:
     """The int8 model. With int8_outputs=False, an op that writes a graph output computes it in float from
     its int8 inputs: a consumer of float outputs gains nothing from a last requantization, only its error.
@@ -69,9 +76,10 @@ def convert(model: onnx.ModelProto, table: dict, *, fmt: str = "qdq", exclude: S
         raise UsageError(f"--format {fmt}: unknown format; use one of {', '.join(FORMATS)}")
     if not 2 <= weight_bits <= 8:
         raise UsageError(f"weight bits {weight_bits}: int8 storage holds 2 to 8 bits; choose a value in that range")
+    table, where = _params(table)
     model = upgrade_opset(model)
     plan = make_plan(model, table, exclude)
-    validate_table(model, table, plan)  # checked on the upgraded graph, the one that gets rewritten
+    validate_table(model, table, plan, where)  # checked on the upgraded graph, the one that gets rewritten
     shapes = tensor_shapes(model)  # before the rewrite: the com.microsoft ops stop onnx's shape inference
 
     b = Builder(plan, table, weight_bits, all_tensor_names(plan.graph), set(plan.names))

@@ -332,22 +332,25 @@ def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def validate_table(model: onnx.ModelProto, table: dict, plan: Plan) -> None:
+def validate_table(model: onnx.ModelProto, table: dict, plan: Plan, where=lambda name: "") -> None:
     """QuantError naming the first table entry that does not belong to this model, or the first needed tensor
-    without a usable entry."""
+    without a usable entry. The one place a table's names are checked against a model; `where(name)` prefixes
+    the message with the entry's file and line (`Table.where`)."""
     known = all_tensor_names(model.graph)
     model_name = model.graph.name or "(unnamed graph)"
+    source = where("")
     for name in table:
         if name not in known:
-            raise QuantError(f"'{name}' is not a tensor of model {model_name}; the table was made for another model")
+            raise QuantError(f"{where(name)}{name!r} is not a tensor of this model ({model_name}); the table was "
+                             f"made for another model, re-run calibrate")
     for name in plan.qtensors:
         qp = _qparam(table, name)
         if qp is None:
-            raise QuantError(f"tensor '{name}' has no entry in the table; re-run calibrate for this model")
+            raise QuantError(f"{source}tensor '{name}' has no entry in the table; re-run calibrate for this model")
         if not (np.isfinite(qp.scale) and qp.scale > 0):
-            raise QuantError(f"tensor '{name}': table scale {qp.scale} is not positive; re-run calibrate")
+            raise QuantError(f"{where(name)}tensor '{name}': table scale {qp.scale} is not positive; re-run calibrate")
         if int(qp.zero_point) != qp.zero_point or not -128 <= int(qp.zero_point) <= 127:
-            raise QuantError(f"tensor '{name}': table zero point {qp.zero_point} is not an int8 value; "
+            raise QuantError(f"{where(name)}tensor '{name}': table zero point {qp.zero_point} is not an int8 value; "
                              f"re-run calibrate")
 
 
