@@ -161,6 +161,11 @@ def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_
               "int8_outputs": int8_outputs,
               "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()},
               "stored": {op.node: op.stored for op in quantized if op.stored}}
+    # replace, never add: a model that already carries a recipe (converted before, or its metadata copied)
+    # would otherwise get the key twice, which the ONNX checker rejects
+    kept = [entry for entry in model.metadata_props if entry.key != RECIPE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)
 

@@ -387,3 +387,23 @@ def test_a_foreign_name_is_reported_once_with_file_and_line(conv_workspace, caps
     code, _, err = run_cli(capsys, "convert", "-m", model, "-f", bad, "-o", tmp / "q.onnx")
     assert code == 1
     assert f"{bad}:{len(lines)}: 'foreign\\u2028name' is not a tensor of this model" in error_line(err)
+
+
+# ---- item 10: a model that already carries quanttool metadata gets one recipe, not two --------------------
+def test_converting_a_model_with_a_recipe_replaces_it(conv_workspace, capsys):
+    import onnx
+
+    tmp, path, images = conv_workspace
+    model = onnx.load(str(path))
+    for key, value in (("quanttool.recipe", '{"stale": true}'), ("author", "me")):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    carrying = tmp / "carrying.onnx"
+    carrying.write_bytes(model.SerializeToString())
+    assert run_cli(capsys, "calibrate", "-m", carrying, "-i", images, "-o", tmp / "t.scale")[0] == 0
+    assert run_cli(capsys, "convert", "-m", carrying, "-f", tmp / "t.scale", "-o", tmp / "q.onnx")[0] == 0
+    onnx.checker.check_model(str(tmp / "q.onnx"))  # duplicate metadata keys fail here
+    props = [(e.key, e.value) for e in onnx.load(str(tmp / "q.onnx")).metadata_props]
+    assert [key for key, _ in props] == ["author", "quanttool.recipe"]
+    recipe = json.loads(props[1][1])
+    assert "stale" not in recipe and set(recipe["table"]) == set(read_table_file(tmp / "t.scale"))
