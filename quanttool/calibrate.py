@@ -60,14 +60,18 @@ def choose_params(model: onnx.ModelProto, stats: dict[str, TensorStats], setting
 
 
 def samples_digest(samples: Sequence[dict[str, Path]], roots: dict[str, Path]) -> str:
-    """Identify the image set by relative path, size and modification time of every file, so cached statistics
-    are reused only for the same files (another folder with the same names is another set)."""
+    """Identify the image set by the relative path and the contents of every file, so cached statistics are
+    reused only for the same images, and the table header (and so the table's bytes) depends on nothing else:
+    copying the images elsewhere, or touching them, changes nothing."""
     digest = hashlib.sha256()
     for sample in samples:
         for name in sorted(sample):
-            info = sample[name].stat()
             rel = sample[name].relative_to(roots[name]).as_posix()
-            digest.update(f"{name}={rel} {info.st_size} {info.st_mtime_ns}\n".encode())
+            content = hashlib.sha256()
+            with open(sample[name], "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    content.update(chunk)
+            digest.update(f"{name}={rel} {content.hexdigest()}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

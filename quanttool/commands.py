@@ -20,7 +20,7 @@ from .fileio import atomic_open, check_outputs, read_text, write_bytes
 from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
-from .table import Table, read_table
+from .table import Table, as_float32, read_table
 
 
 def _check_outputs(inputs: "Inputs", other_inputs: Sequence[Path | None], **outputs: Path | None) -> None:
@@ -117,7 +117,7 @@ def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path) -> Tab
     # the model name becomes a header line: one line of printable text
     meta = {"model": one_line(inputs.path.name), **meta, "algorithm": settings.algorithm, "scheme": settings.scheme,
             "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
-    return Table(params, {key: str(value) for key, value in meta.items()})
+    return Table(as_float32(params), {key: str(value) for key, value in meta.items()})
 
 
 def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, table_format: str = "scale",

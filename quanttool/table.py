@@ -18,6 +18,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 import numpy as np
 
 from .errors import QuantError
@@ -46,6 +47,13 @@ class Table:
 
 def format_scale(scale: float) -> str:
     return format(float(np.float32(scale)), ".9g")
+
+
+def as_float32(params: Mapping[str, QParam]) -> dict[str, QParam]:
+    """The parameters with every scale rounded to float32, as the model and the table file store it: a table
+    fresh from calibration and the same table read back from its file then hold identical numbers, so
+    `convert -i` and `calibrate` + `convert -f` write the same bytes."""
+    return {name: QParam(float(np.float32(qp.scale)), int(qp.zero_point)) for name, qp in params.items()}
 
 
 def _plain(text: str) -> bool:
@@ -137,7 +145,7 @@ def read_table(path: str | Path, bits: int = 8) -> Table:
             raise QuantError(f"{where}: tensor {name!r} has zero point {zero_point}, outside [{qmin}, {qmax}]")
         if name in table.params:
             raise QuantError(f"{where}: tensor {name!r} appears twice; keep one line per tensor")
-        table.params[name] = QParam(scale, zero_point)
+        table.params[name] = QParam(float(np.float32(scale)), zero_point)  # the float32 it stands for
         table.lines[name] = number
     if not table.params:
         raise QuantError(f"{path}: the table has no entries; create one with `quanttool calibrate`")

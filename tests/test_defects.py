@@ -407,3 +407,46 @@ def test_converting_a_model_with_a_recipe_replaces_it(conv_workspace, capsys):
     assert [key for key, _ in props] == ["author", "quanttool.recipe"]
     recipe = json.loads(props[1][1])
     assert "stale" not in recipe and set(recipe["table"]) == set(read_table_file(tmp / "t.scale"))
+
+
+# ---- item 20: same images, same bytes -------------------------------------------------------------------------
+def test_table_bytes_do_not_depend_on_file_times_or_folder(conv_workspace, capsys):
+    import os
+    import shutil
+
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "a.scale")[0] == 0
+    copy = shutil.copytree(images, tmp / "copied", copy_function=shutil.copyfile)  # new modification times
+    for k, file in enumerate(sorted(copy.iterdir())):
+        os.utime(file, ns=(10**18 + k, 10**18 + k))
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", copy, "-o", tmp / "b.scale")[0] == 0
+    assert (tmp / "a.scale").read_bytes() == (tmp / "b.scale").read_bytes()
+    # and a changed image is another image set (the digest follows the contents)
+    (copy / "0.png").write_bytes(_recolored(copy / "0.png"))
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", copy, "-o", tmp / "c.scale")[0] == 0
+    header = [line for line in (tmp / "c.scale").read_text().splitlines() if line.startswith("# image_set")]
+    assert header and header[0] not in (tmp / "a.scale").read_text()
+
+
+def _recolored(path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    image = np.array(Image.open(path))
+    image[0, 0] ^= 1
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_convert_from_images_equals_calibrate_then_convert(conv_workspace, capsys, fmt):
+    tmp, model, images = conv_workspace
+    common = ["-m", model, "-i", images, "--norm", "0.0123", "-a", "percentile"]
+    assert run_cli(capsys, "calibrate", *common, "-o", tmp / "t.scale")[0] == 0
+    assert run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "f.onnx", "--format", fmt,
+                   "--params", tmp / "f.json")[0] == 0
+    assert run_cli(capsys, "convert", *common, "-o", tmp / "i.onnx", "--format", fmt, "--params", tmp / "i.json")[0] == 0
+    assert (tmp / "f.onnx").read_bytes() == (tmp / "i.onnx").read_bytes()
+    assert (tmp / "f.json").read_bytes() == (tmp / "i.json").read_bytes()
