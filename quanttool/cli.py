@@ -151,12 +151,27 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
     click.echo(summary)
 
 
+# What only calibration reads: with a ready table (convert -f) these would be silently ignored.
+CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "shape", "mean", "norm", "color",
+                    "resize", "pad_value", "focus", "max_images")
+
+
+def _refuse_calibration_options(ctx) -> None:
+    given = [param for param in ctx.command.params if param.name in CALIBRATION_ONLY
+             and ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        names = ", ".join(param.opts[-1] for param in given)
+        raise UsageError(f"{names}: only used to calibrate from images (-i); with -f TABLE.scale the table already "
+                         f"holds the scales, so drop {'it' if len(given) == 1 else 'them'} or use -i DIR instead")
+
+
 @cli.command()
 @model_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The int8 ONNX model to write (must differ from --model).")
 @click.option("-f", "--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Existing .scale table; calibration is skipped.")
+              help="Existing .scale table; calibration is skipped (its options, e.g. -a, --color, --stats, are "
+                   "then refused rather than ignored).")
 @input_options
 @calibration_options
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
@@ -180,6 +195,8 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
         raise UsageError("convert needs a table (-f TABLE.scale) or calibration images (-i DIR)")
     if table is not None and inputs["images"]:
         raise UsageError("give either -f TABLE.scale or -i DIR, not both")
+    if table is not None:
+        _refuse_calibration_options(click.get_current_context())
     from .commands import convert_model
 
     settings = _settings(algorithm, scheme, 8, percentile, compat)

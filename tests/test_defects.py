@@ -450,3 +450,30 @@ def test_convert_from_images_equals_calibrate_then_convert(conv_workspace, capsy
     assert run_cli(capsys, "convert", *common, "-o", tmp / "i.onnx", "--format", fmt, "--params", tmp / "i.json")[0] == 0
     assert (tmp / "f.onnx").read_bytes() == (tmp / "i.onnx").read_bytes()
     assert (tmp / "f.json").read_bytes() == (tmp / "i.json").read_bytes()
+
+
+# ---- item 19: options that would be silently ignored or overlap ---------------------------------------------
+@pytest.mark.parametrize("options, named", [
+    (["-a", "kl"], "--algorithm"),
+    (["--color", "bgr"], "--color"),
+    (["--stats", "s.npz"], "--stats"),
+    (["--norm", "0.5", "--percentile", "99"], "--norm, --percentile"),
+])
+def test_convert_with_a_table_refuses_calibration_options(conv_workspace, capsys, options, named):
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")[0] == 0
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx", *options)
+    line = error_line(err)
+    assert code == 2 and named in line and "-f TABLE.scale" in line
+    assert not (tmp / "q.onnx").exists() and not (tmp / "s.npz").exists()
+
+
+def test_params_cannot_overwrite_the_stats_cache(conv_workspace, capsys):
+    tmp, model, images = conv_workspace
+    stats = tmp / "s.npz"
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale", "--stats", stats)[0] == 0
+    before = stats.read_bytes()
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-i", images, "-o", tmp / "q.onnx", "--stats", stats,
+                           "--params", stats)
+    assert code == 2 and "--params" in error_line(err) and stats.read_bytes() == before  # options clash: usage
+    assert not (tmp / "q.onnx").exists()
