@@ -477,3 +477,81 @@ def test_params_cannot_overwrite_the_stats_cache(conv_workspace, capsys):
                            "--params", stats)
     assert code == 2 and "--params" in error_line(err) and stats.read_bytes() == before  # options clash: usage
     assert not (tmp / "q.onnx").exists()
+
+
+# ---- item 6: NaN/Inf weights and float16 models --------------------------------------------------------------
+def _save(model, path):
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _npy_images(folder, shape, count=3):
+    folder.mkdir()
+    for k in range(count):
+        np.save(folder / f"{k}.npy", RNG.standard_normal(shape).astype(np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("where, bad", [("w", np.nan), ("w", np.inf), ("b", -np.inf)])
+def test_nonfinite_weights_are_named_by_every_command(tmp_path, capsys, where, bad):
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    (w if where == "w" else b).reshape(-1)[1] = bad
+    model = make_model([helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+                        helper.make_node("Relu", ["c"], ["y"], name="relu")],
+                       [tensor_info("x", [1, 3, 8, 8])], [tensor_info("y", [1, 4, 6, 6])], [init("w", w), init("b", b)])
+    path = _save(model, tmp_path / "m.onnx")
+    images = _npy_images(tmp_path / "npy", (1, 3, 8, 8))
+    (tmp_path / "t.scale").write_text("x 0.01 0\nc 0.01 0\ny 0.01 -128\n")
+    for args in (["calibrate", "-i", images, "-o", tmp_path / "u.scale"],
+                 ["convert", "-f", tmp_path / "t.scale", "-o", tmp_path / "q.onnx"],
+                 ["evaluate", "-f", tmp_path / "t.scale", "-i", images]):
+        code, _, err = run_cli(capsys, args[0], "-m", path, *args[1:])
+        line = error_line(err)
+        assert code == 1 and f"initializer '{where}'" in line and "NaN or Inf" in line and "image" not in line
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "u.scale").exists()
+
+
+def test_an_infinite_mask_constant_stays_float_instead_of_an_infinite_scale():
+    from quanttool.qparams import QParam
+    from quanttool.rewrite import convert
+
+    mask = np.array([0, -np.inf, 0, 0], np.float32)
+    model = make_model([helper.make_node("Add", ["x", "mask"], ["s"], name="masked"),
+                        helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)],
+                       [tensor_info("x", [2, 4])], [tensor_info("y", [2, 4])], [init("mask", mask)])
+    result = convert(model, {"x": QParam(0.02, 0), "s": QParam(0.02, 0), "y": QParam(1 / 256, -128)})
+    assert ("masked", "Add", "constant 'mask' holds NaN or Inf (a mask?), which int8 cannot represent") \
+        in result.kept_fp32
+    for tensor in result.model.graph.initializer:
+        if tensor.name.endswith("_scale"):
+            assert np.isfinite(onnx_array(tensor)).all(), tensor.name
+    from tests.helpers import run_int8
+
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    s = fake_quant(fake_quant(x, 0.02, 0) + mask, 0.02, 0)  # the float Add, then s's int8 grid (-inf -> -2.56)
+    expected = fake_quant(np.exp(s) / np.exp(s).sum(axis=1, keepdims=True), 1 / 256, -128)
+    assert np.abs(run_int8(result.model, {"x": x})[0] - expected).max() <= 1 / 256 + 1e-6
+
+
+def onnx_array(tensor):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def test_a_float16_model_is_refused_with_the_reason(tmp_path, capsys):
+    from onnx import TensorProto
+
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+                       [tensor_info("x", [1, 3, 8, 8], TensorProto.FLOAT16)],
+                       [tensor_info("y", [1, 4, 6, 6], TensorProto.FLOAT16)],
+                       [init("w", RNG.standard_normal((4, 3, 3, 3)).astype(np.float16))])
+    path = _save(model, tmp_path / "m.onnx")
+    images = _npy_images(tmp_path / "npy", (1, 3, 8, 8))
+    (tmp_path / "t.scale").write_text("x 0.01 0\ny 0.01 0\n")
+    for args in (["calibrate", "-i", images, "-o", tmp_path / "u.scale"],
+                 ["convert", "-f", tmp_path / "t.scale", "-o", tmp_path / "q.onnx"]):
+        code, out, err = run_cli(capsys, args[0], "-m", path, *args[1:])
+        assert code == 1 and "computes in float16, not float32" in error_line(err) and not out
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "u.scale").exists()

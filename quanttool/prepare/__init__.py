@@ -7,7 +7,9 @@ passthrough (Identity/Dropout), graph (bookkeeping), verify (numeric check).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from ..errors import QuantError
 from .fold_bn import fold_batchnorm
@@ -45,11 +47,52 @@ def _check(model: onnx.ModelProto, name: str) -> None:
                          "this is a quanttool bug, please report it with the model") from None
 
 
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+               onnx.TensorProto.DOUBLE}
+
+
+# Inputs that are weights: quantizing them needs finite values, and a NaN/Inf there is a broken model, not an
+# image problem (a -inf attention mask in an Add is legitimate and is left alone).
+WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+                 "BatchNormalization": (1, 2, 3, 4)}
+
+
+def _check_weights(model: onnx.ModelProto, name: str) -> None:
+    """QuantError naming the first weight initializer that holds a NaN or an Inf."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        for k in WEIGHT_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            tensor = inits.get(node.input[k]) if k < len(node.input) else None
+            if tensor is None or tensor.data_type not in FLOAT_TYPES:
+                continue
+            values = onnx.numpy_helper.to_array(tensor)
+            bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+            if bad:
+                raise QuantError(f"{name}: initializer '{tensor.name}' (input {k} of {node.op_type} node "
+                                 f"'{node.name or node.output[0]}') holds {bad} NaN or Inf value(s); the model "
+                                 f"itself is broken there: fix or re-export it")
+
+
+def _check_float32(model: onnx.ModelProto, name: str) -> None:
+    """Refuse a model that computes in float16/bfloat16/float64 only: quanttool quantizes float32 activations,
+    so it would otherwise write the model back with nothing quantized."""
+    graph = model.graph
+    produced = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+    types = {info.name: info.type.tensor_type.elem_type for info in [*graph.input, *graph.value_info, *graph.output]
+             if info.type.HasField("tensor_type")}
+    found = {types[n] for n in produced if types.get(n) in FLOAT_TYPES}
+    if found and onnx.TensorProto.FLOAT not in found:
+        kinds = ", ".join(sorted(onnx.helper.tensor_dtype_to_np_dtype(t).name for t in found))
+        raise QuantError(f"{name}: the model computes in {kinds}, not float32; quanttool quantizes float32 models: "
+                         f"export or convert the model to float32 first")
+
+
 def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool = True,
             name: str = "model") -> onnx.ModelProto:
     """A new, inference-ready copy of `model`. With specs, input dims are fixed to them first (so shape chains
     fold); without, the model's dynamic dims are kept. Ops the tool does not know pass through untouched, and
     surviving tensors keep their names; graph output names never change."""
+    _check_weights(model, name)
     work = onnx.ModelProto()
     work.CopyFrom(model)
     clamp_ir(work)
@@ -67,6 +110,7 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
     topo_sort(work.graph)
     name_nodes(work.graph)  # nodes created above (BN -> Mul + Add of an unnamed BN)
     infer_shapes(work)  # fresh value_info for the passes downstream
+    _check_float32(work, name)
     if not specs:  # the declared outputs, exactly: inference would name anonymous dims ('unk__6')
         declared = {out.name: out for out in model.graph.output}
         for out in work.graph.output:

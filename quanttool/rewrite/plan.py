@@ -255,6 +255,9 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
                     continue
                 if name in floats:
                     group.act_inputs.append(name)
+                elif (op in CONST_OPERAND_OPS and name in constants and constants[name].dtype == np.float32
+                      and not np.isfinite(constants[name]).all()):
+                    reason = f"constant '{name}' holds NaN or Inf (a mask?), which int8 cannot represent"
                 elif op in CONST_OPERAND_OPS and name in constants and constants[name].dtype == np.float32:
                     group.const_inputs.append(name)
                 else:
