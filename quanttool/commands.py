@@ -101,9 +101,20 @@ class Inputs:
         """Static input shapes; only what runs images needs them (convert -f keeps the model's dims)."""
         return prep.input_specs(self.model, self.shapes)
 
+    def first_feeds(self):
+        """The first image as model inputs, so preparation is verified on realistic values (random ones can
+        drive a model where its outputs are tiny next to float rounding); None without images."""
+        if self.roots is None:
+            return None
+        from .inputs import discover, iter_samples
+
+        for _, feeds in iter_samples(discover(self.roots, self.max_images)[:1], self.specs, self.pp):
+            return feeds
+        return None
+
     def static(self):
         """Prepared with the input dims fixed (what calibration and evaluation run)."""
-        return prep.prepare(self.model, self.specs, name=str(self.path))
+        return prep.prepare(self.model, self.specs, name=str(self.path), feeds=self.first_feeds())
 
     def dynamic(self):
         """Prepared with the model's own dims kept (what convert rewrites, so int8 keeps dynamic dims)."""

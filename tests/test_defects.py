@@ -555,3 +555,65 @@ def test_a_float16_model_is_refused_with_the_reason(tmp_path, capsys):
         code, out, err = run_cli(capsys, args[0], "-m", path, *args[1:])
         assert code == 1 and "computes in float16, not float32" in error_line(err) and not out
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "u.scale").exists()
+
+
+# ---- item 8: the preparation check on a model whose outputs are tiny next to its intermediate values ----------
+def tiny_output_model():
+    """y = BN(Conv(x)) - Conv'(x) + 1e-3, where Conv' holds the BN-folded weights computed in float64: outputs
+    ~1e-3 computed from values near 100, so folding the BN moves y by float32 rounding far beyond 1e-4 * |y|."""
+    rng = np.random.default_rng(3)
+    channels = 8
+    w = (rng.standard_normal((channels, 3, 3, 3)) * 30).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, channels).astype(np.float32), rng.standard_normal(channels).astype(np.float32)
+    mean, var = (rng.standard_normal(channels) * 10).astype(np.float32), rng.uniform(0.5, 2, channels).astype(np.float32)
+    factor = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g", "be", "m", "v"], ["a"], name="bn"),
+             helper.make_node("Conv", ["x", "w2", "b2"], ["b"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "b"], ["d"], name="sub"),
+             helper.make_node("Add", ["d", "t"], ["y"], name="add")]
+    inits = [init("w", w), init("g", gamma), init("be", beta), init("m", mean), init("v", var),
+             init("w2", (w * factor[:, None, None, None]).astype(np.float32)),
+             init("b2", (beta - mean * factor).astype(np.float32)), init("t", np.full((1, channels, 1, 1), 1e-3, np.float32))]
+    return make_model(nodes, [tensor_info("x", [1, 3, 8, 8])], [tensor_info("y", [1, channels, 8, 8])], inits)
+
+
+def test_preparation_check_passes_a_correct_graph_with_tiny_outputs():
+    from quanttool.prepare import input_specs, prepare
+    from quanttool.prepare.verify import RTOL, random_feeds
+
+    model = tiny_output_model()
+    specs = input_specs(model, None)
+    prepared = prepare(model, specs, name="tiny.onnx")  # was: "graph preparation changed output 'y'"
+    assert [n.op_type for n in prepared.graph.node].count("BatchNormalization") == 0
+    feeds = random_feeds(model, specs)
+    expected, got = run(model, feeds)[0], run(prepared, feeds)[0]
+    assert np.abs(expected).max() < 2e-3  # tiny outputs ...
+    assert np.abs(expected - got).max() > RTOL * np.abs(expected).max()  # ... that the relative check rejected
+
+
+def test_preparation_check_still_catches_a_wrong_fold_on_tiny_outputs(monkeypatch):
+    from quanttool.errors import QuantError
+    from quanttool.prepare import fold_bn, input_specs, prepare
+
+    original = fold_bn._bn_affine
+    monkeypatch.setattr(fold_bn, "_bn_affine", lambda *args: (original(*args)[0] * 1.001, original(*args)[1]))
+    model = tiny_output_model()
+    with pytest.raises(QuantError, match="changed output 'y'"):
+        prepare(model, input_specs(model, None), name="tiny.onnx")
+
+
+def test_preparation_is_verified_on_the_first_calibration_image(conv_workspace, monkeypatch, capsys):
+    import quanttool.prepare as prep_module
+
+    tmp, model, images = conv_workspace
+    seen = []
+    real = prep_module.verify_prepared
+    monkeypatch.setattr(prep_module, "verify_prepared", lambda *args: seen.append(args[4]) or real(*args))
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale", "-g", "3,8,8")[0] == 0
+    from PIL import Image
+
+    first = np.asarray(Image.open(images / "0.png").convert("RGB").resize((8, 8), Image.BILINEAR), np.float32)
+    (feeds,) = seen
+    assert feeds["x"].shape == (1, 3, 8, 8)
+    np.testing.assert_allclose(feeds["x"][0], first.transpose(2, 0, 1), atol=1.0)  # image pixels, not N(0, 1)

@@ -88,10 +88,11 @@ def _check_float32(model: onnx.ModelProto, name: str) -> None:
 
 
 def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool = True,
-            name: str = "model") -> onnx.ModelProto:
+            name: str = "model", feeds: dict | None = None) -> onnx.ModelProto:
     """A new, inference-ready copy of `model`. With specs, input dims are fixed to them first (so shape chains
     fold); without, the model's dynamic dims are kept. Ops the tool does not know pass through untouched, and
-    surviving tensors keep their names; graph output names never change."""
+    surviving tensors keep their names; graph output names never change. `feeds` (one input sample, e.g. the
+    first calibration image) is what the result is verified on; seeded random inputs otherwise."""
     _check_weights(model, name)
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -118,5 +119,5 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
                 out.CopyFrom(declared[out.name])
     _check(work, name)
     if verify:
-        verify_prepared(model, work, specs, name)
+        verify_prepared(model, work, specs, name, feeds)  # feeds: realistic inputs if the caller has them
     return work
