@@ -617,3 +617,81 @@ def test_preparation_is_verified_on_the_first_calibration_image(conv_workspace, 
     (feeds,) = seen
     assert feeds["x"].shape == (1, 3, 8, 8)
     np.testing.assert_allclose(feeds["x"][0], first.transpose(2, 0, 1), atol=1.0)  # image pixels, not N(0, 1)
+
+
+# ---- item 9: control flow ----------------------------------------------------------------------------------------
+def loop_if_model():
+    """Relu -> Loop (2 trips; body: If(cond) then v + W else v * W) -> MatMul(I): W is an outer initializer read
+    only inside the If nested in the Loop body. y = relu(x) + 1."""
+    from onnx import TensorProto as T
+
+    then_g = helper.make_graph([helper.make_node("Add", ["v_in", "W"], ["t_out"])], "then", [],
+                               [helper.make_tensor_value_info("t_out", T.FLOAT, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Mul", ["v_in", "W"], ["e_out"])], "else", [],
+                               [helper.make_tensor_value_info("e_out", T.FLOAT, [1, 4])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("If", ["cond_in"], ["v_out"], then_branch=then_g, else_branch=else_g)], "body",
+        [helper.make_tensor_value_info("i", T.INT64, []), helper.make_tensor_value_info("cond_in", T.BOOL, []),
+         helper.make_tensor_value_info("v_in", T.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", T.BOOL, []), helper.make_tensor_value_info("v_out", T.FLOAT, [1, 4])])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Loop", ["M", "c", "r"], ["loop_out"], name="loop", body=body),
+             helper.make_node("MatMul", ["loop_out", "W2"], ["y"], name="mm")]
+    return make_model(nodes, [tensor_info("x", [1, 4])], [tensor_info("y", [1, 4])],
+                      [init("M", np.array(2, np.int64)), init("c", np.array(True)),
+                       init("W", np.full((1, 4), 0.5, np.float32)), init("W2", np.eye(4, dtype=np.float32))])
+
+
+def if_reads_outer_activation_model():
+    """c = Conv1x1(x, identity); y = If(flag) then Relu(c) else Neg(c), the branches reading c from outside."""
+    from onnx import TensorProto as T
+
+    then_g = helper.make_graph([helper.make_node("Relu", ["c"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", T.FLOAT, [1, 3, 2, 2])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["c"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", T.FLOAT, [1, 3, 2, 2])])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_g, else_branch=else_g)]
+    return make_model(nodes, [tensor_info("x", [1, 3, 2, 2]), tensor_info("flag", [], T.BOOL)],
+                      [tensor_info("y", [1, 3, 2, 2])], [init("w", np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1))])
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_initializer_read_only_in_a_nested_subgraph(fmt):
+    import onnx
+
+    from quanttool.prepare import input_specs, prepare
+    from quanttool.qparams import QParam
+    from quanttool.rewrite import convert
+    from tests.helpers import run_int8
+
+    model = loop_if_model()
+    table = {"x": QParam(0.02, 0), "r": QParam(0.01, -128), "loop_out": QParam(0.02, 0), "y": QParam(0.02, 0)}
+    result = convert(prepare(model, input_specs(model, None)), table, fmt=fmt)  # was: internal error (checker)
+    onnx.checker.check_model(result.model)
+    assert "W" in {t.name for t in result.model.graph.initializer}
+    x = np.array([[-1.0, 0.3, 0.77, 1.5]], np.float32)
+    expected = np.maximum(fake_quant(x, 0.02, 0), 0) + 1.0
+    assert np.abs(run_int8(result.model, {"x": x})[0] - expected).max() <= 0.02 * 1.5
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_if_branch_reading_an_outer_activation(fmt):
+    import onnx
+
+    from quanttool.prepare import input_specs, prepare
+    from quanttool.qparams import QParam
+    from quanttool.rewrite import convert
+    from tests.helpers import run_int8
+
+    model = if_reads_outer_activation_model()
+    table = {"x": QParam(0.02, 0), "c": QParam(0.02, 0)}
+    result = convert(prepare(model, input_specs(model, None)), table, fmt=fmt)
+    onnx.checker.check_model(result.model)
+    assert [op.node for op in result.quantized] == ["conv"]
+    x = RNG.uniform(-2, 2, (1, 3, 2, 2)).astype(np.float32)
+    c = fake_quant(x, 0.02, 0)  # identity weights: the int8 conv reproduces its input grid exactly
+    for flag, expected in ((True, np.maximum(c, 0)), (False, -c)):
+        got = run_int8(result.model, {"x": x, "flag": np.array(flag)})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-6)

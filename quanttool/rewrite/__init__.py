@@ -33,6 +33,7 @@ import onnx
 from onnx import helper
 
 from ..errors import QuantError, UsageError, first_line
+from ..prepare.graph import node_reads
 from ..prepare.opset import default_opset, upgrade_opset
 from ..table import Table
 from .builder import Builder
@@ -129,7 +130,7 @@ def _drop_dead_qdq(graph: onnx.GraphProto) -> None:
     """Q/DQ nodes nobody reads (the qoperator form reads X_quantized directly, leaving X's DequantizeLinear
     unused): ORT would skip them, but they clutter a model meant to be integer-only."""
     while True:
-        read = {o.name for o in graph.output} | {name for node in graph.node for name in node.input}
+        read = {o.name for o in graph.output} | {name for node in graph.node for name in node_reads(node)}
         dead = {i for i, node in enumerate(graph.node) if node.op_type in ("QuantizeLinear", "DequantizeLinear")
                 and not any(out in read for out in node.output)}
         if not dead:
@@ -143,11 +144,7 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     """Remove initializers (and their graph-input entries), Constant nodes and value_info no node reads."""
     used = {o.name for o in graph.output}
     for node in graph.node:
-        used.update(node.input)
-        for attr in node.attribute:  # subgraphs may read outer-scope names
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for n in sub.node:
-                    used.update(n.input)
+        used.update(node_reads(node))  # subgraphs (nested ones too) may read outer-scope names
     keep_nodes = [n for n in graph.node if n.op_type != "Constant" or any(o in used for o in n.output)]
     if len(keep_nodes) != len(graph.node):
         del graph.node[:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from ..prepare.graph import outer_names, rename_reads, subgraphs
 from .builder import Builder
 from .plan import QuantizedOp, record
 
@@ -51,6 +52,9 @@ def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
     inputs = [b.deq(x) if x in qset else x for x in inputs]
     del new.input[:]
     new.input.extend(inputs)
+    for sub in subgraphs(new):  # If/Loop bodies read quantized outer activations like any float consumer
+        for x in outer_names(sub) & qset:
+            rename_reads(sub, x, b.deq(x), nested=True)
     outputs = [b.src(x) if x in qset else x for x in node.output]
     del new.output[:]
     new.output.extend(outputs)
