@@ -214,6 +214,9 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     if params_path is not None:
         with atomic_open(params_path, "w", encoding="utf-8") as handle:
             json.dump(hardware_params(result, params), handle, indent=1)
+    if not result.quantized:
+        warn(f"no op of {model} was quantized: {_why_nothing(dynamic, result)}; the written model still "
+             f"computes in fp32")
     ops = Counter(op.op_type for op in result.quantized)
     kept = Counter(f"{op_type} ({reason})" for _, op_type, reason in result.kept_fp32)
     before = model.stat().st_size
@@ -223,6 +226,29 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
                if kept else "none kept fp32")
             + f"; size {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB")
     return text
+
+
+def _why_nothing(prepared, result) -> str:
+    """Why convert quantized no op, in the words of the summary."""
+    from .prepare.graph import subgraphs
+
+    inner = sum(1 for node in prepared.graph.node for sub in subgraphs(node) for _ in _all_nodes(sub))
+    if inner:
+        return (f"{inner} of its nodes are inside If/Loop/Scan bodies, and quanttool quantizes ops of the main "
+                f"graph only")
+    if result.kept_fp32:
+        reasons = Counter(reason for _, _, reason in result.kept_fp32)
+        return "every op stays fp32 (" + "; ".join(f"{r} x{n}" for r, n in reasons.most_common(3)) + ")"
+    return "it has no op with an int8 kernel"
+
+
+def _all_nodes(graph):
+    from .prepare.graph import subgraphs
+
+    for node in graph.node:
+        yield node
+        for sub in subgraphs(node):
+            yield from _all_nodes(sub)
 
 
 def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, fmt: str, labels: Path | None,

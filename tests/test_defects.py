@@ -695,3 +695,75 @@ def test_if_branch_reading_an_outer_activation(fmt):
     for flag, expected in ((True, np.maximum(c, 0)), (False, -c)):
         got = run_int8(result.model, {"x": x, "flag": np.array(flag)})[0]
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# ---- item 11b: qoperator with If + LSTM, a useful checker message, and a warning when nothing is quantized ------
+def lstm_if_model():
+    """Conv -> Squeeze -> Transpose -> LSTM; an If whose branches read the quantized Conv output `cx` and the
+    LSTM state; MatMul head. Unnamed nodes, as exporters write them."""
+    from onnx import TensorProto as T
+
+    hidden, size, steps = 4, 3, 5
+    rng = np.random.default_rng(5)
+    then_g = helper.make_graph([helper.make_node("ReduceMean", ["cx"], ["m"], axes=[1, 2, 3], keepdims=0),
+                                helper.make_node("Add", ["h", "m"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", T.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Sigmoid", ["h"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", T.FLOAT, None)])
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["cx"]),
+             helper.make_node("Squeeze", ["cx", "ax"], ["seq"]),
+             helper.make_node("Transpose", ["seq"], ["seqT"], perm=[2, 0, 1]),
+             helper.make_node("LSTM", ["seqT", "W", "R", "B"], ["Y", "h"], hidden_size=hidden),
+             helper.make_node("If", ["flag"], ["z"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Reshape", ["z", "shp"], ["zr"]),
+             helper.make_node("MatMul", ["zr", "fc"], ["y"])]
+    inits = [init("cw", rng.normal(size=(size, size, 1, 1)).astype(np.float32)), init("ax", np.array([2], np.int64)),
+             init("W", rng.normal(size=(1, 4 * hidden, size)).astype(np.float32) * 0.5),
+             init("R", rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32) * 0.5),
+             init("B", rng.normal(size=(1, 8 * hidden)).astype(np.float32) * 0.1),
+             init("shp", np.array([1, hidden], np.int64)), init("fc", rng.normal(size=(hidden, 2)).astype(np.float32))]
+    return make_model(nodes, [tensor_info("x", [1, size, 1, steps]), tensor_info("flag", [], T.BOOL)],
+                      [tensor_info("y", [1, 2])], inits)
+
+
+def test_qoperator_with_if_and_lstm_passes_the_checker_and_runs(tmp_path, capsys):
+    import onnx
+
+    model = lstm_if_model()
+    path = _save(model, tmp_path / "m.onnx")
+    images = tmp_path / "data"
+    for name, shape, dtype in (("x", (1, 3, 1, 5), np.float32), ("flag", (), np.bool_)):
+        (images / name).mkdir(parents=True)
+        for k in range(4):
+            value = RNG.standard_normal(shape).astype(dtype) if dtype == np.float32 else np.array(k % 2 == 0)
+            np.save(images / name / f"{k}.npy", value)
+    code, _, err = run_cli(capsys, "convert", "-m", path, "-i", f"x={images / 'x'}", "-i", f"flag={images / 'flag'}",
+                           "-o", tmp_path / "q.onnx", "--format", "qoperator")
+    assert code == 0, err
+    int8 = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(int8)
+    assert {"QLinearConv", "If", "LSTM"} <= {node.op_type for node in int8.graph.node}
+    from tests.helpers import run_int8
+
+    for flag in (True, False):
+        feeds = {"x": RNG.standard_normal((1, 3, 1, 5)).astype(np.float32), "flag": np.array(flag)}
+        ref, got = run(model, feeds)[0], run_int8(int8, feeds)[0]
+        assert sqnr(ref, got) > 20
+
+
+def test_a_convert_that_quantizes_nothing_says_why(tmp_path, capsys):
+    from onnx import TensorProto as T
+
+    inner = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["t"])],
+                              "then", [], [helper.make_tensor_value_info("t", T.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", T.FLOAT, None)])
+    model = make_model([helper.make_node("If", ["flag"], ["y"], then_branch=inner, else_branch=other)],
+                       [tensor_info("x", [1, 2, 3, 3]), tensor_info("flag", [], T.BOOL)], [tensor_info("y", [1, 2, 3, 3])],
+                       [init("w", RNG.standard_normal((2, 2, 1, 1)).astype(np.float32))])
+    path = _save(model, tmp_path / "m.onnx")
+    (tmp_path / "t.scale").write_text("x 0.02 0\ny 0.02 0\n")
+    code, out, err = run_cli(capsys, "convert", "-m", path, "-f", tmp_path / "t.scale", "-o", tmp_path / "q.onnx")
+    assert code == 0 and "0 ops quantized" in out
+    warning = [line for line in err.splitlines() if "no op of" in line]
+    assert warning and "3 of its nodes are inside If/Loop/Scan bodies" in warning[0]

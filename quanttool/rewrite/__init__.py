@@ -121,8 +121,14 @@ def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", ex
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
+        # the checker names nodes by name, and nodes inside If/Loop bodies often have none: only point at
+        # --exclude when there is a name to give it
+        named = "node: ;" not in str(exc) and "node: " in str(exc)
+        hint = ("--format qdq may work meanwhile" if fmt == "qoperator" else
+                "--exclude the node it names to work around it" if named else
+                "--exclude the op types around it to work around it")
         raise QuantError(f"internal error: the int8 model fails the ONNX checker: {first_line(exc)}; "
-                         f"report this, and --exclude the node it names to work around it") from None
+                         f"please report this with the model; {hint}") from None
     return ConvertResult(model, quantized, plan.kept, fmt, shapes)
 
 
