@@ -260,8 +260,30 @@ def simulate(model, params_path, rounding, json_path, **inputs):
     click.echo(simulate_model(model, params_path, rounding=rounding, json_path=json_path, **inputs))
 
 
+OUT_OF_MEMORY = ("out of memory; if the model's input size is dynamic, a smaller --shape helps, -t 1 lowers the "
+                 "peak a little, otherwise run it on a machine with more memory")
+
+
+def _is_runtime_oom(exc: Exception) -> bool:
+    """onnxruntime reports a failed allocation as its own RuntimeException, not MemoryError."""
+    text = str(exc)
+    return type(exc).__module__.startswith("onnxruntime") and any(
+        needle in text for needle in ("bad_alloc", "Failed to allocate memory", "out of memory"))
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (numpy, onnx, ...) as one `quanttool: warning:` line, not two lines of source."""
+    from .errors import warn
+
+    warn(f"{one_line(message)} ({category.__name__})")
+
+
 def main(argv=None) -> None:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    if not debug:
+        import warnings
+
+        warnings.showwarning = _warning_line
     try:
         cli.main(args=argv, prog_name="quanttool", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -280,11 +302,14 @@ def main(argv=None) -> None:
         click.echo(f"quanttool: error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except MemoryError:
-        click.echo("quanttool: error: out of memory; use --max-images or a smaller --shape", err=True)
+        click.echo(f"quanttool: error: {OUT_OF_MEMORY}", err=True)
         sys.exit(1)
     except Exception as exc:  # a bug in quanttool: still one line, with the way to the traceback
         if debug:
             raise
+        if _is_runtime_oom(exc):
+            click.echo(f"quanttool: error: {OUT_OF_MEMORY} (onnxruntime: {one_line(exc)[:200]})", err=True)
+            sys.exit(1)
         click.echo(f"quanttool: internal error: {type(exc).__name__}: {one_line(exc)} "
                    f"(re-run with --debug for the traceback and please report it)", err=True)
         sys.exit(1)

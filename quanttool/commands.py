@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import replace
@@ -182,14 +183,30 @@ def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_
 
 
 def read_recipe(model, path: Path) -> dict:
+    """The recipe convert recorded, every field checked: a damaged one is named as such, never reported as an
+    option the user did not give."""
+    from .rewrite import FORMATS
+
     for entry in model.metadata_props:
         if entry.key == RECIPE_KEY:
             try:
                 recipe = json.loads(entry.value)
                 recipe["table"] = {name: QParam(float(s), int(z)) for name, (s, z) in recipe["table"].items()}
-                return recipe
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 break
+            problems = [f"format {recipe.get('format')!r}" if recipe.get("format") not in FORMATS else "",
+                        "exclude" if not (isinstance(recipe.get("exclude"), list)
+                                          and all(isinstance(e, str) for e in recipe["exclude"])) else "",
+                        f"weight_bits {recipe.get('weight_bits')!r}"
+                        if type(recipe.get("weight_bits")) is not int or not 2 <= recipe["weight_bits"] <= 8 else "",
+                        "int8_outputs" if not isinstance(recipe.get("int8_outputs", True), bool) else "",
+                        "table" if not all(math.isfinite(qp.scale) and qp.scale > 0 and -128 <= qp.zero_point <= 127
+                                           for qp in recipe["table"].values()) else ""]
+            problems = [p for p in problems if p]
+            if problems:
+                raise QuantError(f"{path}: its {RECIPE_KEY} metadata is damaged ({', '.join(problems)}); convert "
+                                 f"the model again, or evaluate its table with -f TABLE.scale")
+            return recipe
     raise QuantError(f"{path}: not made by `quanttool convert` (no readable {RECIPE_KEY} metadata); "
                      f"evaluate its table instead with -f TABLE.scale")
 

@@ -404,6 +404,8 @@ def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[st
         raise QuantError(f"{path}: damaged statistics ({exc}); delete the file or choose another --stats path, "
                          f"and calibrate again") from None
     except Exception as exc:  # zip, npz, key, decode and shape errors all mean the same to the user
-        raise QuantError(f"{path}: not a quanttool statistics file ({type(exc).__name__}: {first_line(exc)}); "
-                         f"delete it or choose another --stats path") from None
+        # numpy's own text is advice for numpy users (e.g. "set allow_pickle=True"), wrong here: say what it is
+        what = "a pickle, which is never loaded" if "pickle" in str(exc) else type(exc).__name__
+        raise QuantError(f"{path}: not a quanttool statistics file ({what}); --stats takes the .npz file "
+                         f"calibrate --stats writes: delete it or choose another --stats path") from None
     return stats, dict(zip(keys, values))

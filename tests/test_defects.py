@@ -767,3 +767,86 @@ def test_a_convert_that_quantizes_nothing_says_why(tmp_path, capsys):
     assert code == 0 and "0 ops quantized" in out
     warning = [line for line in err.splitlines() if "no op of" in line]
     assert warning and "3 of its nodes are inside If/Loop/Scan bodies" in warning[0]
+
+
+# ---- item 18: messages that say what really happened --------------------------------------------------------
+def test_a_zero_sized_dim_is_not_called_dynamic(tmp_path, capsys):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", [1, 3, 0, 8])],
+                       [tensor_info("y", [1, 3, 0, 8])])
+    path = _save(model, tmp_path / "m.onnx")
+    images = _npy_images(tmp_path / "npy", (1, 3, 4, 8))
+    code, _, err = run_cli(capsys, "calibrate", "-m", path, "-i", images, "-o", tmp_path / "t.scale")
+    line = error_line(err)
+    assert code == 1 and "declares dim 2 as 0" in line and "dynamic" not in line
+
+
+def test_out_of_memory_messages(conv_workspace, capsys, monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    import quanttool.commands as commands
+
+    tmp, model, images = conv_workspace
+
+    def fail(error):
+        def raise_it(*args, **kwargs):
+            raise error
+        return raise_it
+
+    for error in (MemoryError(), RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+                                                  "std::bad_alloc while running Conv")):
+        monkeypatch.setattr(commands, "collect", fail(error))
+        code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+        line = error_line(err)
+        assert code == 1 and "out of memory" in line and "internal error" not in err
+        assert "if the model's input size is dynamic, a smaller --shape helps" in line  # not an order for static
+
+
+def test_stats_pointed_at_the_model_or_a_pickle(conv_workspace, capsys):
+    tmp, model, images = conv_workspace
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale", "--stats", model)
+    assert code == 1 and "--stats" in error_line(err) and "pickle" not in err
+    pickled = tmp / "p.npz"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp / "p.npz.npy").rename(pickled)
+    code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale", "--stats", pickled)
+    line = error_line(err)
+    assert code == 1 and "not a quanttool statistics file (a pickle, which is never loaded)" in line
+    assert "allow_pickle" not in line
+
+
+def test_a_damaged_recipe_is_named_not_a_format_option(conv_workspace, capsys):
+    import onnx
+
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")[0] == 0
+    assert run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "q.onnx")[0] == 0
+    int8 = onnx.load(str(tmp / "q.onnx"))
+    recipe = json.loads(int8.metadata_props[0].value)
+    recipe["format"] = "qlinear"
+    int8.metadata_props[0].value = json.dumps(recipe)
+    (tmp / "bad.onnx").write_bytes(int8.SerializeToString())
+    code, _, err = run_cli(capsys, "evaluate", "-m", model, "-q", tmp / "bad.onnx", "-i", images)
+    line = error_line(err)
+    assert code == 1 and "quanttool.recipe metadata is damaged (format 'qlinear')" in line and "--format" not in line
+
+
+def test_python_warnings_are_one_quanttool_line(conv_workspace, capsys, monkeypatch):
+    import warnings
+
+    import quanttool.commands as commands
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() replaces it; restore after
+    tmp, model, images = conv_workspace
+    real = commands.calibrate_table
+
+    def noisy(*args, **kwargs):
+        np.log(np.array([-1.0]))  # numpy: RuntimeWarning: invalid value encountered in log
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "calibrate_table", noisy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")
+    assert code == 0
+    lines = [line for line in err.replace("\r", "\n").splitlines() if "log" in line]
+    assert lines == ["quanttool: warning: invalid value encountered in log (RuntimeWarning)"]

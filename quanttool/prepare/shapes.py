@@ -62,6 +62,11 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...]
         if dims and not isinstance(dims[0], int):
             dims[0] = 1  # dynamic batch: calibrate and evaluate run one sample at a time
         if any(not isinstance(d, int) for d in dims):
+            zero = [k for k, d in enumerate(info.type.tensor_type.shape.dim)
+                    if d.HasField("dim_value") and d.dim_value == 0 and not isinstance(dims[k], int)]
+            if zero:  # 0 is not "dynamic" to the user who wrote it; old exporters meant "any size" by it
+                raise QuantError(f"input '{info.name}' declares dim {zero[0]} as 0 (a zero-sized tensor holds no "
+                                 f"data); if it means 'any size', pass --shape with that dim")
             raise QuantError(f"input '{info.name}' has dynamic dims {declared}; pass --shape {info.name}="
                              f"{_fmt(dims[1:])} with each named dim as a number")
         specs.append(InputSpec(info.name, tuple(dims), dtype))
