@@ -227,17 +227,58 @@ def test_read_labels(tmp_path):
         read_labels(tmp_path / "missing.txt")
 
 
-def test_json_schema_matches_report(setup):
-    _, _, _, _, report = setup
+NUMBER = (int, float)
+# The --json schema as the README documents it, written out here (not derived from to_json): key -> check.
+LAYER_SCHEMA = {
+    "rank": lambda v: type(v) is int and v >= 1,
+    "name": lambda v: isinstance(v, str) and v != "",
+    "op_type": lambda v: isinstance(v, str) and v != "",
+    "output": lambda v: isinstance(v, str) and v != "",
+    "scale": lambda v: isinstance(v, NUMBER) and v > 0,
+    "zero_point": lambda v: type(v) is int and -128 <= v <= 127,
+    "cosine": lambda v: v is None or isinstance(v, NUMBER) and -1 - 1e-9 <= v <= 1 + 1e-9,
+    "sqnr_db": lambda v: v is None or isinstance(v, NUMBER),
+    "mse": lambda v: v is None or isinstance(v, NUMBER) and v >= 0,
+    "isolated_cosine": lambda v: v is None or isinstance(v, NUMBER) and -1 - 1e-9 <= v <= 1 + 1e-9,
+    "isolated_sqnr_db": lambda v: v is None or isinstance(v, NUMBER),
+    "clipped_fraction": lambda v: isinstance(v, NUMBER) and 0 <= v <= 1,
+    "worst_channels": lambda v: isinstance(v, list) and len(v) <= 5 and all(
+        set(c) == {"channel", "cosine"} and type(c["channel"]) is int and isinstance(c["cosine"], NUMBER) for c in v),
+    "channel_cosines": lambda v: isinstance(v, list) and all(isinstance(c, NUMBER) for c in v),
+}
+OUTPUT_SCHEMA = {
+    "name": lambda v: isinstance(v, str) and v != "",
+    "cosine": lambda v: v is None or isinstance(v, NUMBER) and -1 - 1e-9 <= v <= 1 + 1e-9,
+    "sqnr_db": lambda v: v is None or isinstance(v, NUMBER),
+    "max_abs_error": lambda v: v is None or isinstance(v, NUMBER) and v >= 0,
+    "top1_agreement": lambda v: v is None or isinstance(v, NUMBER) and 0 <= v <= 1,
+}
+
+
+def test_json_schema(setup):
+    _, _, _, result, report = setup
     data = json.loads(json.dumps(to_json(report), allow_nan=False))
-    assert data["images"] == report.images
-    assert len(data["layers"]) == len(report.layers)
-    for row, lay in zip(data["layers"], report.layers):
-        for key in ("name", "op_type", "cosine", "sqnr_db", "isolated_sqnr_db", "clipped_fraction"):
-            assert row[key] == getattr(lay, key)
-    for row, out in zip(data["outputs"], report.outputs):
-        for key in ("name", "cosine", "sqnr_db", "top1_agreement", "max_abs_error"):
-            assert row[key] == getattr(out, key)
+    assert set(data) == {"images", "layers", "outputs", "notes"}  # "accuracy" only with --labels
+    assert type(data["images"]) is int and data["images"] == 8
+    assert isinstance(data["notes"], list) and all(isinstance(n, str) for n in data["notes"])
+    assert len(data["layers"]) == len(result.quantized) and data["layers"]
+    for row in data["layers"]:
+        assert set(row) == set(LAYER_SCHEMA), set(row) ^ set(LAYER_SCHEMA)
+        for key, valid in LAYER_SCHEMA.items():
+            assert valid(row[key]), (key, row[key])
+        # the worst channels are the lowest of the per-channel cosines, lowest first
+        lowest = sorted(enumerate(row["channel_cosines"]), key=lambda item: item[1])[:5]
+        assert [(c["channel"], c["cosine"]) for c in row["worst_channels"]] == lowest
+    assert [row["rank"] for row in data["layers"]] == list(range(1, len(data["layers"]) + 1))
+    isolated = [row["isolated_sqnr_db"] for row in data["layers"]]
+    assert isolated == sorted(isolated)  # ranked worst first (all measured and finite here)
+    assert {row["name"] for row in data["layers"]} == {op.node for op in result.quantized}
+    assert len(data["outputs"]) == 1
+    for row in data["outputs"]:
+        assert set(row) == set(OUTPUT_SCHEMA), set(row) ^ set(OUTPUT_SCHEMA)
+        for key, valid in OUTPUT_SCHEMA.items():
+            assert valid(row[key]), (key, row[key])
+    assert data["outputs"][0]["name"] == "logits" and data["outputs"][0]["top1_agreement"] is not None
 
 
 def test_ranking_and_text_table(setup):

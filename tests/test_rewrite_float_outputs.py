@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from quanttool.rewrite import convert, hardware_params
-from tests.helpers import init, make_model, tensor_info
+from tests.helpers import init, make_model, run, tensor_info
 from tests.test_rewrite_common import calibrate, run_q
 
 
@@ -59,12 +59,22 @@ def test_output_read_by_another_node_stays_quantized():
     model = make_model(nodes, [tensor_info("x", [1, 2, 4, 4])], [tensor_info("f", [1, 3, 4, 4]),
                                                                   tensor_info("p", [1, 3, 1, 1])],
                        [init("w", rng.normal(size=(3, 2, 1, 1)).astype(np.float32))])
-    table = calibrate(model, [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)}])
+    calib = [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(3)]
+    table = calibrate(model, calib)
+    s, z = table["f"].scale, table["f"].zero_point
     for fmt in ("qdq", "qoperator"):
         result = convert(model, table, fmt=fmt, int8_outputs=False)
         produced = {o for n in result.model.graph.node for o in n.output}
         assert "f_quantized" in produced and "p_quantized" not in produced, fmt
-        run_q(result.model, {"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)})  # loads and runs
+        for feeds in calib:
+            f, p = run_q(result.model, feeds)
+            ref = run(model, feeds)[0]
+            levels = f.astype(np.float64) / np.float32(s) + z
+            # f is the int8 tensor dequantized: on f's grid, within a step of fp32 (x is quantized too) ...
+            assert np.abs(levels - np.round(levels)).max() < 1e-3 and levels.min() >= -128.001, fmt
+            assert np.abs(f - ref).max() <= 2 * s, fmt
+            # ... and p, left in float, is the average of exactly those dequantized values
+            np.testing.assert_allclose(p, f.mean(axis=(2, 3), keepdims=True), atol=1e-6)
 
 
 def test_no_node_output_is_left_unread():
