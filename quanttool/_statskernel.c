@@ -1,9 +1,11 @@
 /* One pass of TensorStats.update (quanttool/stats.py) over a contiguous float32 array, called through ctypes.
 
-   qt_fold(x, n, bins, range_io, hist, moments) -> QT_OK (0); QT_NONFINITE (1) if x holds a NaN or an Inf;
-   QT_BADARG (2) if bins is outside 1..QT_MAX_BINS or n < 0; QT_NOMEM (3) if the scratch arrays cannot be
-   allocated. On any code but QT_OK the outputs are undefined. The scratch arrays (about 80 KB) live on the
-   heap: a worker thread's stack may be as small as 64 KB (musl, or threading.stack_size).
+   qt_fold(x, n, bins, range_io, hist, moments, scratch, scratch_bytes) -> QT_OK (0); QT_NONFINITE (1) if x
+   holds a NaN or an Inf; QT_BADARG (2) if bins is outside 1..QT_MAX_BINS, n < 0, or scratch is smaller than
+   qt_scratch_bytes(bins). On any code but QT_OK the outputs are undefined.
+   scratch: the caller's work area (about 80 KB for 2048 bins; stats.py keeps one per thread), so nothing big
+   lives on the stack (a worker thread's may be 64 KB: musl, threading.stack_size) and nothing is allocated
+   per call.
    range_io: R on entry (0 = none yet); on return the smallest power of two >= R and >= max |x|.
    hist: 2 * (bins + 1) int64, zeroed by the caller; gets pos bins 0..bins, then neg bins 0..bins, at the
          returned R. Bin k holds floor(|x| * bins / R) == k; bin `bins` is |x| == R exactly (the caller folds
@@ -17,10 +19,9 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
-enum { QT_OK = 0, QT_NONFINITE = 1, QT_BADARG = 2, QT_NOMEM = 3 };
+enum { QT_OK = 0, QT_NONFINITE = 1, QT_BADARG = 2 };
 #define QT_MAX_BINS 2048
 
 #define BLOCK 4096
@@ -166,16 +167,20 @@ INLINE void block_bins(const float *p, int m, double scale, int center, int slot
 static int fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments,
                 uint32_t *lanes, int32_t *index);
 
-int qt_fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments)
+int64_t qt_scratch_bytes(int bins)
 {
-    if (bins < 1 || bins > QT_MAX_BINS || n < 0)
+    return (int64_t)sizeof(uint32_t) * LANES * (2 * bins + 3) + (int64_t)sizeof(int32_t) * BLOCK;
+}
+
+int qt_fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments,
+            void *scratch, int64_t scratch_bytes)
+{
+    if (bins < 1 || bins > QT_MAX_BINS || n < 0 || !scratch || scratch_bytes < qt_scratch_bytes(bins))
         return QT_BADARG;
-    uint32_t *lanes = calloc((size_t)LANES * (2 * bins + 3), sizeof *lanes);
-    int32_t *index = malloc(sizeof *index * BLOCK);
-    int code = lanes && index ? fold(x, n, bins, range_io, hist, moments, lanes, index) : QT_NOMEM;
-    free(lanes);
-    free(index);
-    return code;
+    uint32_t *lanes = scratch;
+    int32_t *index = (int32_t *)(lanes + (size_t)LANES * (2 * bins + 3));
+    memset(lanes, 0, sizeof(uint32_t) * (size_t)LANES * (2 * bins + 3));
+    return fold(x, n, bins, range_io, hist, moments, lanes, index);
 }
 
 DISPATCH static int fold(const float *x, int64_t n, int bins, double *range_io, int64_t *hist, double *moments,

@@ -58,13 +58,14 @@ def _load_kernel():
         return None, f"numpy fallback (the C kernel {spec.origin} failed to load: {first_line(exc)})"
     fold.restype = ctypes.c_int
     fold.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_double),
-                     ctypes.c_void_p, ctypes.c_void_p]
+                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     return fold, f"C kernel ({spec.origin})"
 
 
 _KERNEL, KERNEL_STATUS = _load_kernel()  # tests set _KERNEL to None to exercise the numpy path
-# qt_fold's return codes (_statskernel.c)
-_NONFINITE, _BADARG, _NOMEM = 1, 2, 3
+_NONFINITE = 1  # qt_fold's return codes (_statskernel.c): 0 ok, 1 NaN/Inf in the data, 2 bad arguments
+# qt_fold's work area (qt_scratch_bytes(BINS)): its histogram lanes and a block of bin indices
+_SCRATCH_BYTES = 4 * _LANES * (2 * BINS + 3) + 4 * 4096
 
 
 class _Buffers(threading.local):
@@ -76,6 +77,7 @@ class _Buffers(threading.local):
         self.mask = np.empty(_CHUNK, np.bool_)
         self.index = np.empty(_CHUNK, np.int64)
         self.lanes = (np.arange(_CHUNK) % _LANES) * _SLOTS + BINS  # lane offset plus the sign offset BINS
+        self.kernel = np.empty(_SCRATCH_BYTES, np.uint8)  # qt_fold's work area, off the thread's stack
 
 
 _BUFFERS = _Buffers()  # a threading.local: each thread sees its own arrays
@@ -165,11 +167,11 @@ def _fold_kernel(flat: np.ndarray, rng: float) -> tuple:
     hist = np.zeros(2 * (BINS + 1), np.int64)
     moments = np.empty(6, np.float64)
     box = ctypes.c_double(rng)
-    code = _KERNEL(flat.ctypes.data, flat.size, BINS, ctypes.byref(box), hist.ctypes.data, moments.ctypes.data)
+    scratch = _BUFFERS.kernel
+    code = _KERNEL(flat.ctypes.data, flat.size, BINS, ctypes.byref(box), hist.ctypes.data, moments.ctypes.data,
+                   scratch.ctypes.data, scratch.nbytes)
     if code == _NONFINITE:
         raise ValueError("contains NaN or Inf")
-    if code == _NOMEM:
-        raise MemoryError("the statistics kernel could not allocate its scratch arrays")
     if code:
         raise RuntimeError(f"the statistics kernel refused its arguments (code {code}, {BINS} bins)")
     lo, hi, zeros, total, sq, absolute = moments.tolist()

@@ -267,6 +267,12 @@ def _kernel():
     return stats._KERNEL
 
 
+def stats_library() -> str:
+    import importlib.util
+
+    return importlib.util.find_spec("quanttool._statskernel").origin
+
+
 def test_kernel_runs_on_a_64_kb_thread_stack():
     import subprocess
     import sys
@@ -292,10 +298,13 @@ def test_kernel_return_codes_mean_what_they_say():
 
     kernel = _kernel()
 
-    def call(x, n=None, bins=BINS):
+    from quanttool.stats import _SCRATCH_BYTES
+
+    def call(x, n=None, bins=BINS, scratch_bytes=_SCRATCH_BYTES):
         hist, moments, box = np.zeros(2 * (BINS + 1), np.int64), np.empty(6), ctypes.c_double(0.0)
+        scratch = np.empty(_SCRATCH_BYTES, np.uint8)
         return kernel(x.ctypes.data, x.size if n is None else n, bins, ctypes.byref(box), hist.ctypes.data,
-                      moments.ctypes.data), moments
+                      moments.ctypes.data, scratch.ctypes.data, scratch_bytes), moments
 
     x = np.array([0.5, -2.0, 0.0, 3.0], np.float32)
     code, moments = call(x)
@@ -303,6 +312,8 @@ def test_kernel_return_codes_mean_what_they_say():
     assert call(np.array([1.0, np.nan], np.float32))[0] == 1
     assert call(np.array([np.inf], np.float32))[0] == 1
     assert call(x, bins=4096)[0] == 2 and call(x, bins=0)[0] == 2 and call(x, n=-1)[0] == 2
+    assert call(x, scratch_bytes=_SCRATCH_BYTES - 1)[0] == 2  # too small a work area is refused, not overrun
+    assert ctypes.CDLL(stats_library()).qt_scratch_bytes(BINS) == _SCRATCH_BYTES
 
 
 def test_version_says_which_statistics_path_runs(monkeypatch, tmp_path, capsys):
