@@ -151,18 +151,25 @@ def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_
     click.echo(summary)
 
 
-# What only calibration reads: with a ready table (convert -f) these would be silently ignored.
-CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "shape", "mean", "norm", "color",
+# What only calibration reads: with a ready table (convert -f) these would be silently ignored, so they are
+# refused. --shape is only warned about: scripts pass it to every command, and it cannot change the result.
+CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "mean", "norm", "color",
                     "resize", "pad_value", "focus", "max_images")
 
 
 def _refuse_calibration_options(ctx) -> None:
-    given = [param for param in ctx.command.params if param.name in CALIBRATION_ONLY
-             and ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT]
-    if given:
-        names = ", ".join(param.opts[-1] for param in given)
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+
+    if given("shape"):
+        from .errors import warn
+
+        warn("--shape is not used with -f TABLE.scale: the int8 model keeps the model's own input dims")
+    passed = [param for param in ctx.command.params if param.name in CALIBRATION_ONLY and given(param.name)]
+    if passed:
+        names = ", ".join(param.opts[-1] for param in passed)
         raise UsageError(f"{names}: only used to calibrate from images (-i); with -f TABLE.scale the table already "
-                         f"holds the scales, so drop {'it' if len(given) == 1 else 'them'} or use -i DIR instead")
+                         f"holds the scales, so drop {'it' if len(passed) == 1 else 'them'} or use -i DIR instead")
 
 
 @cli.command()

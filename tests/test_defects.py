@@ -861,3 +861,14 @@ def test_python_warnings_are_one_quanttool_line(conv_workspace, capsys, monkeypa
     assert code == 0
     lines = [line for line in err.replace("\r", "\n").splitlines() if "log" in line]
     assert lines == ["quanttool: warning: invalid value encountered in log (RuntimeWarning)"]
+
+
+def test_convert_with_a_table_says_shape_is_unused(conv_workspace, capsys):
+    import onnx
+
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale")[0] == 0
+    code, _, err = run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "a.onnx", "-g", "3,8,8")
+    assert code == 0 and "warning: --shape is not used with -f TABLE.scale" in err
+    assert run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "b.onnx")[0] == 0
+    assert onnx.load(str(tmp / "a.onnx")).graph == onnx.load(str(tmp / "b.onnx")).graph  # indeed unused
