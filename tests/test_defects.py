@@ -815,7 +815,7 @@ def test_out_of_memory_messages(conv_workspace, capsys, monkeypatch):
 def test_stats_pointed_at_the_model_or_a_pickle(conv_workspace, capsys):
     tmp, model, images = conv_workspace
     code, _, err = run_cli(capsys, "calibrate", "-m", model, "-i", images, "-o", tmp / "t.scale", "--stats", model)
-    assert code == 1 and "--stats" in error_line(err) and "pickle" not in err
+    assert code == 2 and "--stats" in error_line(err) and "pickle" not in err  # an output that is an input
     pickled = tmp / "p.npz"
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (tmp / "p.npz.npy").rename(pickled)
