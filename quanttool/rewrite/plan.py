@@ -340,12 +340,11 @@ def validate_table(model: onnx.ModelProto, table: dict, plan: Plan, where=lambda
     without a usable entry. The one place a table's names are checked against a model; `where(name)` prefixes
     the message with the entry's file and line (`Table.where`)."""
     known = all_tensor_names(model.graph)
-    model_name = model.graph.name or "(unnamed graph)"
     source = where("")
     for name in table:
         if name not in known:
-            raise QuantError(f"{where(name)}{name!r} is not a tensor of this model ({model_name}); the table was "
-                             f"made for another model, re-run calibrate")
+            raise QuantError(f"{where(name)}{name!r} is not a tensor of this model; the table was probably made "
+                             f"for another model, re-run calibrate")
     for name in plan.qtensors:
         qp = _qparam(table, name)
         if qp is None:
