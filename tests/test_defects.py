@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from quanttool.cli import main
 from tests.helpers import init, make_model, run, tensor_info
+from tests.test_errors import run_cli
+from tests.test_errors import workspace as conv_workspace  # noqa: F401 -- a fixture: Conv+Relu, 3 RGB images
 
 RNG = np.random.default_rng(11)
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def error_line(err: str) -> str:
@@ -93,25 +87,6 @@ def test_evaluate_after_reduce_range_uses_the_stored_7_bit_weights(tmp_path, cap
 
 
 # ---- item 2: NaN/Inf inputs are refused by evaluate as by calibrate, naming the cause; JSON stays strict ----
-@pytest.fixture
-def conv_workspace(tmp_path):
-    """Conv+Relu model with a dynamic batch, three 10x12 RGB images (letterbox pads them)."""
-    from PIL import Image
-
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    model = make_model(nodes, [tensor_info("x", ["N", 3, 8, 8])], [tensor_info("y", ["N", 4, 8, 8])],
-                       [init("w", RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)),
-                        init("b", RNG.normal(size=4).astype(np.float32))])
-    path = tmp_path / "m.onnx"
-    path.write_bytes(model.SerializeToString())
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(3):
-        Image.fromarray(RNG.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    return tmp_path, path, images
-
-
 @pytest.mark.parametrize("command", ["calibrate", "evaluate"])
 @pytest.mark.parametrize("options, needle", [
     (["--resize", "letterbox", "--pad-value", "nan"], "--pad-value"),
