@@ -28,6 +28,7 @@ class Settings:
     bits: int = 8
     percentile: float = 99.99
     compat: str | None = None     # "tengine": Tengine's formulas, symmetric only
+    target: str = "onnxruntime"   # the runtime profile (targets.py) the table and the int8 model are for
 
 
 def kind_of(stats: TensorStats, scheme: str) -> str:

@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import QuantError, UsageError, interrupted, one_line
+from .targets import TARGETS
 
 # quanttool.algorithms' names, then Tengine's numbers 0/1/2: spelled out here because importing the algorithms
 # pulls in numpy, and `quanttool --help` should not wait for it (tests/test_cli.py checks the two agree)
@@ -71,10 +72,18 @@ def calibration_options(func):
     options = [
         click.option("-a", "--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="minmax", show_default=True,
                      help="Clip-range algorithm; Tengine's numbers 0/1/2 mean minmax/kl/aciq."),
-        click.option("--scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default="auto",
-                     show_default=True,
+        click.option("--target", type=click.Choice(list(TARGETS)), default=None,
+                     help="Runtime the int8 model is for (README 'Deploying'). generic: symmetric activations, int32 "
+                          "biases, QDQ; runs in onnxruntime and OpenVINO with default settings. onnxruntime: any "
+                          "--scheme (auto folds Relu into its producer: fastest there), QDQ or QOperator. tensorrt: "
+                          "zero point 0, float biases, Q/DQ only on the inputs of Conv/Gemm/MatMul/pooling/residual "
+                          "Add, QDQ only. openvino: the same layout (NNCF's). [default: generic; "
+                          "onnxruntime when --format qoperator or --scheme auto|asymmetric is given, or when the -f "
+                          "table was calibrated for it]"),
+        click.option("--scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default=None,
                      help="symmetric: zero point 0, +-127. asymmetric: affine over [min, max]. auto: symmetric, "
-                          "but tensors that are never negative use all 256 levels with zero point -128."),
+                          "but tensors that are never negative use all 256 levels with zero point -128. "
+                          "[default: the target's: auto for onnxruntime, else symmetric]"),
         click.option("--percentile", type=click.FloatRange(50, 100, min_open=True), default=99.99,
                      show_default=True, callback=_finite, help="Percentile of |x| kept by -a percentile."),
         click.option("--compat", type=click.Choice(["tengine"]), default=None,
@@ -116,11 +125,11 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
-def _settings(algorithm, scheme, bits, percentile, compat):
+def _settings(algorithm, scheme, bits, percentile, compat, target=None):
     from .algorithms import resolve
     from .calibrate import Settings, check_settings
 
-    settings = Settings(resolve(algorithm), scheme, bits, percentile, compat)
+    settings = Settings(resolve(algorithm), scheme, bits, percentile, compat, target)
     check_settings(settings)
     return settings
 
@@ -140,12 +149,15 @@ def _settings(algorithm, scheme, bits, percentile, compat):
                    "ncnn2table's weight `LAYER_param_0 s...` and activation `LAYER s` lines (s = 127/T). "
                    "tensorrt-cache: TensorRT's EntropyCalibration2 cache (hex float32 scales). The last three "
                    "are symmetric: use --scheme symmetric.")
-def calibrate(model, output, bits, algorithm, scheme, percentile, compat, stats_path, table_format, **inputs):
+def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat, stats_path, table_format,
+              **inputs):
     """Run the images through the model once and write a table (.scale: name scale zero_point)."""
     from .commands import calibrate_table
     from .export import SUFFIX
+    from .targets import resolve as resolve_target
 
-    settings = _settings(algorithm, scheme, bits, percentile, compat)
+    profile, scheme, _ = resolve_target(target, scheme, None)
+    settings = _settings(algorithm, scheme, bits, percentile, compat, profile.name)
     output = output or Path(model.stem + SUFFIX[table_format])
     summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, **inputs)
     click.echo(summary)
@@ -181,8 +193,9 @@ def _refuse_calibration_options(ctx) -> None:
                    "then refused rather than ignored).")
 @input_options
 @calibration_options
-@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
-              help="qdq: QuantizeLinear/DequantizeLinear pairs (portable). qoperator: QLinearConv and friends.")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default=None,
+              help="qdq: QuantizeLinear/DequantizeLinear pairs (portable). qoperator: QLinearConv and friends "
+                   "(onnxruntime only). [default: qdq]")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OPTYPE",
               help="Keep this node (by name) or every node of this op type in fp32. Repeatable.")
 @click.option("--reduce-range", is_flag=True,
@@ -195,7 +208,7 @@ def _refuse_calibration_options(ctx) -> None:
               help="Write the integer parameters as JSON: per op the int8 weight and tensor names, shapes, attributes, "
                    "scales, zero points, int32 bias, m0 and shift, rounding, clamp, pad values, divisors, lookup "
                    "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
-def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, scheme,
+def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, target, scheme,
             percentile, compat, stats_path, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     if table is None and not inputs["images"]:
@@ -204,9 +217,13 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
         raise UsageError("give either -f TABLE.scale or -i DIR, not both")
     if table is not None:
         _refuse_calibration_options(click.get_current_context())
-    from .commands import convert_model
+    from .commands import convert_model, table_target
+    from .targets import resolve as resolve_target
 
-    settings = _settings(algorithm, scheme, 8, percentile, compat)
+    if target is None and table is not None and fmt is None and scheme is None:
+        target = table_target(table)
+    profile, scheme, fmt = resolve_target(target, scheme, fmt)
+    settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
                              **inputs))

@@ -14,14 +14,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from . import __version__
 from . import prepare as prep
 from .calibrate import Settings, choose_params, collect
-from .errors import QuantError, UsageError, first_line, one_line, warn
+from .errors import QuantError, UsageError, first_line, info, one_line, warn
 from .fileio import atomic_open, check_outputs, read_text, write_bytes
-from .inputs import Preprocess, parse_floats, parse_image_dirs, parse_shape
+from .inputs import Preprocess, describe, parse_floats, parse_image_dirs, parse_shape
 from .observe import observe
 from .qparams import QParam
 from .table import Table, as_float32, read_table
+from .targets import TARGETS
 
 
 def _check_outputs(inputs: "Inputs", other_inputs: Sequence[Path | None], **outputs: Path | None) -> None:
@@ -127,7 +129,8 @@ def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path) -> Tab
                           threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path)
     params = choose_params(prepared, stats, settings)
     # the model name becomes a header line: one line of printable text
-    meta = {"model": one_line(inputs.path.name), **meta, "algorithm": settings.algorithm, "scheme": settings.scheme,
+    meta = {"model": one_line(inputs.path.name), **meta, "target": settings.target,
+            "algorithm": settings.algorithm, "scheme": settings.scheme,
             "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
     return Table(as_float32(params), {key: str(value) for key, value in meta.items()})
 
@@ -162,15 +165,29 @@ def _load_table(path: Path, model_sha: str) -> Table:
     return table
 
 
+def table_target(path: Path) -> str:
+    """The target a table was calibrated for; older tables: onnxruntime if any zero point is not 0 (only it takes
+    them), else generic."""
+    try:
+        table = read_table(path)
+    except QuantError:
+        return "generic"  # convert reports the table's problem after checking its other options, in order
+    recorded = table.meta.get("target")
+    if recorded in TARGETS:
+        return recorded
+    return "onnxruntime" if any(qp.zero_point != 0 for qp in table.params.values()) else "generic"
+
+
 RECIPE_KEY = "quanttool.recipe"
 
 
 def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int,
-                  int8_outputs: bool, model_sha: str, quantized=()) -> None:
+                  int8_outputs: bool, model_sha: str, quantized=(), made: dict | None = None) -> None:
     """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops and find
-    where each op's weight, bias and constant operands are stored (it reads them, never recomputes them)."""
+    where each op's weight, bias and constant operands are stored (it reads them, never recomputes them), and
+    (`made`) the preprocessing, algorithm, scheme, target and tool version, so the model says how it was made."""
     recipe = {"model_sha256": model_sha, "format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
-              "int8_outputs": int8_outputs,
+              "int8_outputs": int8_outputs, **(made or {}),
               "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()},
               "stored": {op.node: op.stored for op in quantized if op.stored}}
     # replace, never add: a model that already carries a recipe (converted before, or its metadata copied)
@@ -180,6 +197,30 @@ def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)
+
+
+def _without_shape(text: str) -> str:
+    """A preprocessing description without its shape= fields (--shape is not preprocessing)."""
+    return " ".join(word for word in text.split() if not word.startswith("shape="))
+
+
+def recipe_preprocessing(text: str, names: Sequence[str]) -> dict:
+    """Preprocessing options (as the CLI passes them) from a recorded description, `inputs.describe` text:
+    one `shape=.. mean=.. norm=.. color=.. resize=.. pad=.. focus=..` line, or `NAME: ...; NAME: ...` per input."""
+    parts = [part.split(":", 1) if ":" in part.split("=", 1)[0] else [None, part] for part in text.split("; ")]
+    options: dict = {"mean": [], "norm": [], "color": [], "resize": [], "pad_value": [], "focus": False}
+    keys = {"mean": "mean", "norm": "norm", "color": "color", "resize": "resize", "pad": "pad_value"}
+    for name, fields in parts:
+        name = name.strip() if name else None
+        if name is not None and name not in names:
+            continue
+        for word in fields.split():
+            key, _, value = word.partition("=")
+            if key == "focus":
+                options["focus"] = value == "on"
+            elif key in keys and not (key == "pad" and value == "mean"):
+                options[keys[key]].append(f"{name}={value}" if name else value)
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
 
 
 def read_recipe(model, path: Path) -> dict:
@@ -224,8 +265,12 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     else:
         loaded = _calibrated(inputs, inputs.static(), settings, stats_path)
     params = loaded.params
-    result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
-    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha, result.quantized)
+    result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
+                     target=TARGETS[settings.target])
+    made = {"target": settings.target, "quanttool_version": __version__,
+            **{key: loaded.meta[key] for key in ("preprocess", "algorithm", "scheme", "images") if key in loaded.meta}}
+    record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha, result.quantized,
+                  made)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -241,7 +286,10 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
             + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) + "); "
             + (f"{len(result.kept_fp32)} kept fp32 (" + ", ".join(f"{k} x{v}" for k, v in sorted(kept.items())) + ")"
                if kept else "none kept fp32")
-            + f"; size {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB")
+            + f"; size {before / 1e6:.2f} MB -> {len(data) / 1e6:.2f} MB; target {settings.target}")
+    if result.bias_raised:
+        text += (f"; weight scale raised on {sum(result.bias_raised.values())} channels of "
+                 f"{len(result.bias_raised)} ops so their int32 bias fits")
     return text
 
 
@@ -274,21 +322,34 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
     from .inputs import LoadReport, discover, iter_samples
     from .rewrite import convert
 
+    recorded = None
+    if quantized is not None:
+        int8 = prep.load_model(quantized)
+        recorded = read_recipe(int8, quantized).get("preprocess")
+    given = any(options[key] for key in ("mean", "norm", "color", "resize", "pad_value", "focus"))
+    if recorded and not given:
+        names = [spec.name for spec in prep.shapes.model_inputs(prep.load_model(Path(model)).graph)]
+        options.update(recipe_preprocessing(recorded, names))
+        info(f"preprocessing from {quantized}'s recipe: {_without_shape(recorded)}")
     inputs = Inputs(model, **options)
     _check_outputs(inputs, [quantized, table, labels], json=json_path, report=report_path)
+    if recorded and given and _without_shape(describe(inputs.pp)) != _without_shape(recorded):
+        warn(f"the preprocessing given ({_without_shape(describe(inputs.pp))}) differs from the one {quantized} "
+             f"was calibrated with ({_without_shape(recorded)}); drop the preprocessing options to use the recorded "
+             f"one")
     label_map = ev.read_labels(labels) if labels is not None else None
     # One preparation serves both sides: the static graph has the same node and tensor names as the dynamic
     # one convert rewrote, so converting it again lists the same quantized ops.
     static = inputs.static()
     if quantized is not None:
-        int8 = prep.load_model(quantized)
         recipe = read_recipe(int8, quantized)
         if recipe.get("model_sha256", inputs.sha) != inputs.sha:
             warn(f"{quantized} was converted from a different file than {model}; if the models do not "
                  f"match, the comparison below is meaningless")
         params = recipe["table"]
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
-                         weight_bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True))
+                         weight_bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True),
+                         target=TARGETS[recipe.get("target", "onnxruntime")])
         stored = recipe.get("stored")
         if isinstance(stored, dict):  # where the int8 file holds each op's weights (names may differ here)
             for op in result.quantized:
@@ -296,7 +357,8 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
     else:
         loaded = _load_table(table, inputs.sha)
         params = loaded.params
-        result = convert(static, loaded, fmt=fmt, int8_outputs=False)  # as convert's default
+        target = TARGETS[table_target(table) if fmt == "qdq" else "onnxruntime"]
+        result = convert(static, loaded, fmt=fmt, int8_outputs=False, target=target)  # as convert's default
         int8 = result.model
     samples = discover(inputs.roots, inputs.max_images)
     loaded = LoadReport()

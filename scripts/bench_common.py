@@ -52,3 +52,14 @@ def median_time(func, repeats: int) -> tuple[float, list[float]]:
         func()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def cpu_int8_features() -> str:
+    """The int8 dot-product instructions /proc/cpuinfo lists (they decide which int8 kernels run and how fast)."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "unknown (no /proc/cpuinfo)"
+    found = [f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16") if f in flags]
+    return " ".join(found) or "none of avx2/avx512_vnni/avx_vnni/amx"

@@ -163,6 +163,38 @@ class Transformerish(nn.Module):
 
 
 # name, module, {input: C,H,W}, output names, dynamic axes, opset, constant folding
+class EfficientLiteish(nn.Module):
+    """EfficientNet-Lite style: TF 'same' padding as an explicit Pad before each stride-2 conv (what TF-ported
+    weights export), MBConv blocks (1x1 expand, depthwise, 1x1 linear project, ReLU6, residual Add), and a few
+    BatchNorm channels with gamma ~ 0 and a large beta, as trained EfficientNet-Lite0 has: folded, those channels
+    get tiny weights and a large bias, whose int32 form overflows at the scale s_in * max|W| / 127."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16, stride=2)
+        self.stem[0].padding = (0, 0)
+        self.expand1, self.dw1, self.project1 = conv_bn(16, 48, 1), conv_bn(48, 48, 3, 2, groups=48), conv_bn(48, 24, 1)
+        self.dw1[0].padding = (0, 0)
+        self.expand2, self.dw2, self.project2 = conv_bn(24, 72, 1), conv_bn(72, 72, 3, groups=72), conv_bn(72, 24, 1)
+        self.head = conv_bn(24, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.relu6(self.stem(F.pad(x, (0, 1, 0, 1))))
+        x = F.relu6(self.expand1(x))
+        x = self.project1(F.relu6(self.dw1(F.pad(x, (0, 1, 0, 1)))))
+        x = x + self.project2(F.relu6(self.dw2(F.relu6(self.expand2(x)))))
+        x = F.relu6(self.head(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def dead_channels(self) -> None:
+        """Gamma ~ 0 and beta 3 on two channels of every BatchNorm after randomize_bn (trained-looking)."""
+        for bn in self.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.data[:2] = 1e-7
+                bn.bias.data[:2] = 3.0
+
+
 TORCH_MODELS = [
     ("resnet_bn", ResNetish, {"input": (3, 24, 32)}, ["logits"],
      {"input": {0: "batch"}, "logits": {0: "batch"}}, 11, False),
@@ -174,6 +206,8 @@ TORCH_MODELS = [
      {"image": {0: "batch"}, "aux": {0: "batch"}, "probs": {0: "batch"}, "features": {0: "batch"}}, 21, False),
     ("transformer", Transformerish, {"input": (3, 16, 16)}, ["logits"],
      {"input": {0: "batch"}, "logits": {0: "batch"}}, 17, True),
+    ("efficientnet_lite", EfficientLiteish, {"input": (3, 32, 32)}, ["logits"],
+     {"input": {0: "batch"}, "logits": {0: "batch"}}, 13, True),
 ]
 
 
@@ -182,6 +216,8 @@ def export_torch(name, cls, inputs, outputs, dynamic, opset, fold, seed) -> Path
     gen = torch.Generator().manual_seed(seed)
     model = cls()
     randomize_bn(model, gen)
+    if hasattr(model, "dead_channels"):
+        model.dead_channels()
     model.eval()
     args = tuple(torch.randn(1, *shape, generator=gen) for shape in inputs.values())
     path = DATA / f"{name}.onnx"

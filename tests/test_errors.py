@@ -241,7 +241,7 @@ def test_two_image_inputs_with_their_own_preprocessing(tmp_path, capsys):
         Image.fromarray(pixels).save(tmp_path / name / "0.png")
     code, _, err = run_cli(capsys, "calibrate", "-m", path, "--images", f"a={tmp_path / 'a'}",
                            "--images", f"b={tmp_path / 'b'}", "--color", "b=gray", "--norm", "0.5",
-                           "--norm", "b=0.01", "-o", tmp_path / "t.scale")
+                           "--norm", "b=0.01", "--scheme", "auto", "-o", tmp_path / "t.scale")
     assert code == 0, err
     from quanttool.table import read_table
 

@@ -48,6 +48,7 @@ CASES = {
     "two_in_out": Case({"image": (3, 16, 16), "aux": (1, 16, 16)}, False, 3),
     "transformer": Case({"input": (3, 16, 16)}, False, 3),
     "paddle_style": Case({"x": (3, 16, 16)}, False, 3),
+    "efficientnet_lite": Case({"input": (3, 32, 32)}, False, 2),
 }
 FORMATS = ("qdq", "qoperator")
 

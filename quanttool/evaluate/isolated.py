@@ -153,11 +153,14 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], int8
             inputs[1] = g.dequantized(group.weight, stored[group.weight], group.weight_axis, fq_nodes)
             if group.bias_array is not None:
                 bias = stored[group.bias]
-                if len(bias) == 1:  # QLinearConv/QGemm: int32 at scale s_in * s_w[c], as the kernel applies it
+                if len(bias) == 1 and bias[0].dtype.kind == "f":  # a float bias (--target tensorrt, openvino)
+                    inputs[2] = g.constant(group.bias, bias[0])
+                elif len(bias) == 1:  # QLinearConv/QGemm: int32 at scale s_in * s_w[c], as the kernel applies it
                     scale = bias_scale(_qparam(table, op.inputs[0]).scale,
                                        np.broadcast_to(stored[group.weight][1], bias[0].shape))
                     bias = [bias[0], scale, np.zeros(scale.shape, np.int32)]
-                inputs[2] = g.dequantized(group.bias, bias, 0, fq_nodes)
+                if len(bias) == 3:
+                    inputs[2] = g.dequantized(group.bias, bias, 0, fq_nodes)
             for name, value in group.attrs.items():  # Gemm alpha/beta, already folded into weight and bias
                 for attr in clone.attribute:
                     if attr.name == name:

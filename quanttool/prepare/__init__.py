@@ -2,7 +2,7 @@
 fold constants and BatchNormalization, drop no-ops, name every node, and prove the result computes the same.
 
 One job per module: load (read, validate, hash), shapes (input specs, inference), fold_constants, fold_bn,
-passthrough (Identity/Dropout), graph (bookkeeping), verify (numeric check).
+passthrough (Identity/Dropout), fold_pad (zero Pad -> Conv pads), graph (bookkeeping), verify (numeric check).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import onnx.numpy_helper
 from ..errors import QuantError
 from .fold_bn import fold_batchnorm
 from .fold_constants import fold_constants
+from .fold_pad import fold_pad_into_conv
 from .graph import name_nodes, remove_dead, topo_sort
 from .load import clamp_ir, load_model, model_hash, read_model
 from .opset import upgrade_opset
@@ -107,6 +108,7 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
     fold_constants(work)  # runs shape inference each round
     remove_passthrough(work.graph)
     fold_batchnorm(work.graph)
+    fold_pad_into_conv(work.graph)
     remove_dead(work.graph)
     topo_sort(work.graph)
     name_nodes(work.graph)  # nodes created above (BN -> Mul + Add of an unnamed BN)

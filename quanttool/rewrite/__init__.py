@@ -26,7 +26,7 @@ loading of int8 QLinearConv models.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import onnx
@@ -36,6 +36,7 @@ from ..errors import QuantError, UsageError, first_line
 from ..prepare.graph import node_reads
 from ..prepare.opset import default_opset, upgrade_opset
 from ..table import Table
+from ..targets import TARGETS, Target
 from .builder import Builder
 from .params import hardware_params, tensor_shapes
 from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
@@ -54,6 +55,7 @@ class ConvertResult:
     kept_fp32: list[tuple[str, str, str]]  # (node name, op_type, reason)
     fmt: str = "qdq"
     shapes: dict | None = None  # fp32 tensor shapes before the rewrite (for --params)
+    bias_raised: dict[str, int] = field(default_factory=dict)  # node -> weight channels raised so the bias fits
 
 
 def check_table(model: onnx.ModelProto, table: dict | Table) -> None:
@@ -62,13 +64,24 @@ def check_table(model: onnx.ModelProto, table: dict | Table) -> None:
     validate_table(model, table, make_plan(model, table), where)
 
 
+def _check_zero_points(table: dict, plan, target: Target) -> None:
+    if not target.zero_point_zero():
+        return
+    for name in plan.qtensors:
+        zp = table[name].zero_point if hasattr(table[name], "zero_point") else table[name][1]
+        if int(zp) != 0:
+            raise QuantError(f"tensor '{name}' has zero point {int(zp)} in the table, but --target {target.name} "
+                             f"takes zero point 0 only; calibrate with --target {target.name} (or --scheme symmetric), "
+                             f"or convert with --target onnxruntime")
+
+
 def _params(table: dict | Table):
     """(name -> QParam, where(name) -> 'FILE:LINE: ' prefix for messages, empty for a plain dict)."""
     return (table.params, table.where) if isinstance(table, Table) else (table, lambda name: "")
 
 
 def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", exclude: Sequence[str] = (),
-            weight_bits: int = 8, int8_outputs: bool = True) -> ConvertResult:
+            weight_bits: int = 8, int8_outputs: bool = True, target: Target | None = None) -> ConvertResult:
     """The int8 model. With int8_outputs=False, an op that writes a graph output computes it in float from
     its int8 inputs: a consumer of float outputs gains nothing from a last requantization, only its error.
     `weight_bits` is the weights' (and constant operands') bit width only: activations always use the table's
@@ -78,12 +91,17 @@ def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", ex
     if not 2 <= weight_bits <= 8:
         raise UsageError(f"weight bits {weight_bits}: int8 storage holds 2 to 8 bits; choose a value in that range")
     table, where = _params(table)
+    target = target or TARGETS["onnxruntime"]
+    if fmt not in target.formats:
+        raise UsageError(f"--format {fmt} does not fit --target {target.name}; use --target onnxruntime")
     model = upgrade_opset(model)
-    plan = make_plan(model, table, exclude)
+    plan = make_plan(model, table, exclude, target)
     validate_table(model, table, plan, where)  # checked on the upgraded graph, the one that gets rewritten
     shapes = tensor_shapes(model)  # before the rewrite: the com.microsoft ops stop onnx's shape inference
+    _check_zero_points(table, plan, target)
 
-    b = Builder(plan, table, weight_bits, all_tensor_names(plan.graph), set(plan.names))
+    b = Builder(plan, table, weight_bits, all_tensor_names(plan.graph), set(plan.names),
+                int32_bias=target.int32_bias)
     qset = set(plan.qtensors)
     # only outputs no other node reads: an output that also feeds further ops stays quantized for them
     read = {name for node in plan.graph.node for name in node.input}
@@ -99,7 +117,9 @@ def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", ex
         if i in plan.absorbed and plan.absorbed[i] in as_qlinear:
             continue  # the QLinear op's output clamp already is the Relu/Clip
         group = plan.groups.get(i)
-        float_out = group is not None and bool(float_outputs.intersection(group.outputs))
+        # its outputs stay float: graph outputs (without int8_outputs) or, with Q/DQ on inputs only, every output
+        float_out = group is not None and (bool(float_outputs.intersection(group.outputs))
+                                           or not qset.intersection(group.outputs))
         op = emit_qoperator(b, i, opset) if fmt == "qoperator" and not float_out else None
         if op is not None:
             as_qlinear.add(i)
@@ -129,7 +149,7 @@ def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", ex
                 "--exclude the op types around it to work around it")
         raise QuantError(f"internal error: the int8 model fails the ONNX checker: {first_line(exc)}; "
                          f"please report this with the model; {hint}") from None
-    return ConvertResult(model, quantized, plan.kept, fmt, shapes)
+    return ConvertResult(model, quantized, plan.kept, fmt, shapes, dict(b.raised))
 
 
 def _drop_dead_qdq(graph: onnx.GraphProto) -> None:

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from ..errors import QuantError
 from ..qparams import QParam
 from .plan import Group, Plan
-from .weights import bias_scale, constant_qparam, quantize_bias, quantize_weight
+from .weights import bias_fit_scale, bias_scale, constant_qparam, quantize_bias, quantize_weight
 
 
 @dataclass
@@ -48,6 +48,8 @@ class Builder:
     made: set[str] = field(default_factory=set)  # activation qparams already emitted
     weights: dict[tuple, WeightQ] = field(default_factory=dict)
     domains: set[str] = field(default_factory=set)
+    int32_bias: bool = True  # False: biases stay float (TensorRT, OpenVINO)
+    raised: dict[str, int] = field(default_factory=dict)  # node -> channels whose weight scale the bias raised
 
     # --- names -------------------------------------------------------------------------------------------
     def claim(self, name: str) -> str:
@@ -118,9 +120,19 @@ class Builder:
         self.add_node("DequantizeLinear", [f"{x}_quantized", scale, zp], [out], f"{x}_DequantizeLinear")
 
     def weight(self, group: Group) -> WeightQ:
-        key = (group.weight, group.weight_axis, group.weight_array.tobytes())
+        """The int8 weight, its channel scales raised where the bias would not fit int32 at s_in * s_w. Also when
+        the bias stays float: runtimes quantize it that way themselves (onnxruntime's WeightBiasQuantization
+        turned a float bias of 3 on a channel with weights ~1e-7 into a saturated int32, losing the 3)."""
+        floor = 0.0
+        if group.bias_array is not None:
+            floor = bias_fit_scale(group.bias_array, self.qp(group.act_inputs[0]).scale, group.weight_axis is not None)
+        key = (group.weight, group.weight_axis, group.weight_array.tobytes(), np.asarray(floor).tobytes())
         if key not in self.weights:
-            q, scales = quantize_weight(group.weight_array, group.weight_axis, self.weight_bits)
+            q, scales = quantize_weight(group.weight_array, group.weight_axis, self.weight_bits, floor)
+            floors = np.broadcast_to(np.asarray(floor, dtype=np.float32), scales.shape)
+            raised = int(np.count_nonzero((floors > 0) & (floors >= scales)))  # the floor, not max|W|/127, won
+            if raised:
+                self.raised[group.name] = raised
             self.weights[key] = self._const_q(group.weight, q, scales, group.weight_axis)
         return self.weights[key]
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import QuantError, warn
 from ..ops import OPS, ops_where
 from ..qparams import QParam
+from ..targets import TARGETS, Target
 from .fuse import ACTIVATIONS, FUSABLE_PRODUCERS, absorbable, activation_bounds
 
 # Ops with int8 kernels in onnxruntime: their float inputs and outputs are always quantized.
@@ -209,7 +210,8 @@ def _weight_setup(node, constants, floats, group: Group) -> str | None:
     return None
 
 
-def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) -> Plan:
+def make_plan(model: onnx.ModelProto, table: dict, exclude=(), target: Target | None = None) -> Plan:
+    target = target or TARGETS["onnxruntime"]
     graph = model.graph
     names = node_names(graph)
     constants = constant_values(graph)
@@ -242,11 +244,16 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
             continue
         if not node.output or node.output[0] not in floats:
             continue  # integer arithmetic (shape computations) is not quantized
+        if target.int8_ops is not None and op not in target.int8_ops:
+            reasons[i] = f"--target {target.name} runs it in float"
+            continue
         indices = OPS[op].act_inputs if OPS[op].act_inputs is not None else range(len(node.input))
         group = Group(i, names[i], op, "compute", [], [o for o in node.output if o in floats])
         if op in WEIGHT_OPS:
             group.act_inputs = [node.input[0]]
             reason = _weight_setup(node, constants, floats, group)
+            if op not in target.per_channel:
+                group.weight_axis = None
         else:
             reason = None
             for k in indices:
@@ -264,6 +271,8 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
                     reason = f"input '{name}' is neither a float activation nor a float constant"
         if reason is None and not group.act_inputs:
             reason = "no activation input (constant subgraph; fold it in prepare)"
+        if reason is None and target.inputs_only and op == "Add" and len(group.act_inputs) < 2:
+            reason = f"a bias Add: --target {target.name} fuses it into the layer before"
         if reason is not None:
             reasons[i] = reason
             continue
@@ -289,8 +298,13 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
     qset: set[str] = set()
     for group in groups.values():
         qset.update(group.act_inputs)
-        qset.update(group.outputs)
+        if not target.inputs_only:
+            qset.update(group.outputs)
+    if target.inputs_only:
+        qset -= _fused_residuals(graph, groups, consumers, graph_outputs)
     for i, node in enumerate(graph.node):  # topological order, so one pass reaches the fixpoint
+        if target.inputs_only:
+            break  # data movement stays as it is: the runtime moves Q/DQ across it itself
         if i in groups or i in absorbed or node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx"):
             continue
         data = node.input[0] if node.input else ""
@@ -314,12 +328,32 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), bits: int = 8) ->
             continue
         if not any(o in floats for o in node.output):
             continue
+        if target.inputs_only and i not in reasons and node.op_type in PASS_THROUGH:
+            continue  # data movement between int8 ops: the runtime carries the Q/DQ across it
         reason = reasons.get(i) or (
             "input is not quantized" if node.op_type in PASS_THROUGH else f"no int8 kernel for {node.op_type}"
         )
         kept.append((names[i], node.op_type, reason))
     return Plan(graph, names, constants, graph_inputs, graph_outputs, dict(sorted(groups.items())), absorbed,
                 qtensors, kept)
+
+
+def _fused_residuals(graph: onnx.GraphProto, groups: dict, consumers: dict[str, list[int]],
+                     graph_outputs: set[str]) -> set[str]:
+    """Per residual Add, one input written by a quantized Conv/Gemm/MatMul that nothing else reads: it stays
+    float, so the runtime fuses that layer with the Add instead of requantizing between them."""
+    producer = {o: i for i, node in enumerate(graph.node) for o in node.output}
+    fused = set()
+    for i, group in groups.items():
+        if group.op_type != "Add" or len(group.act_inputs) != 2:
+            continue
+        for x in group.act_inputs:
+            j = producer.get(x)
+            if (j in groups and groups[j].op_type in WEIGHT_OPS and consumers.get(x) == [i]
+                    and x not in graph_outputs):
+                fused.add(x)
+                break
+    return fused
 
 
 def _qparam(table: dict, name: str) -> QParam | None:

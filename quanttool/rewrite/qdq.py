@@ -37,10 +37,14 @@ def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
         inputs[1] = b.dequantized(wq)
         w_scales = wq.scales
         stored[group.weight] = wq.names
-        if group.bias_array is not None:
+        if group.bias_array is not None and b.int32_bias:
             bq, bias_q = b.bias(group, b.qp(group.act_inputs[0]).scale, wq.scales)
             inputs[2] = b.dequantized(bq)
             stored[group.bias] = bq.names
+        elif group.bias_array is not None:  # the bias stays float (tensorrt, openvino targets)
+            if group.attrs:  # Gemm: with beta folded into it
+                inputs[2] = b.add_init(b.unique(f"{group.bias}_folded"), group.bias_array)
+            stored[group.bias] = [inputs[2]]
         for name, value in group.attrs.items():
             _set_attr(new, name, value)
     if group is not None:

@@ -6,7 +6,11 @@
   scale like the others keeps its bias scale s_in * s_c ordinary, so a non-zero bias on a pruned channel
   still fits int32 instead of overflowing against a 1e-8 scale.
 - Bias: int32, scale s_in * s_w[c] computed in float32 exactly as onnxruntime multiplies the two scales when
-  it fuses the QDQ group, zero point 0, q = round(b / scale), saturated to int32 with a warning.
+  it fuses the QDQ group, zero point 0, q = round(b / scale). A channel whose bias would not fit int32 at that
+  scale (tiny weights after BatchNorm folding, large bias) gets a larger weight scale instead, as onnxruntime's
+  and TFLite's quantizers do: s_w[c] >= 1.0001 * 2 |b_c| / (2^32 - 2) / s_in. A saturated bias would shift
+  the whole channel (and onnxruntime's int32 accumulator wraps), while a coarser weight of a channel whose
+  weights are tiny next to its bias costs little. Saturation stays as a last guard, with a warning.
 - Constant operands of Add/Mul/Concat: per-tensor symmetric (they have no table entry).
 """
 
@@ -24,8 +28,10 @@ def weight_qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel along `axis` (per-tensor when axis is None). Returns (int8 q, float32 scales of shape [C] or [])."""
+def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8,
+                    min_scale: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel along `axis` (per-tensor when axis is None). Returns (int8 q, float32 scales of shape [C] or []).
+    `min_scale` (per channel or scalar) is a floor on the scales, from `bias_fit_scale`."""
     w = np.asarray(w, dtype=np.float64)
     qmax = weight_qmax(bits)
     if axis is None:
@@ -35,12 +41,21 @@ def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.
     scale = absmax / qmax
     nonzero = scale > 0
     fill = scale[nonzero].max() if nonzero.any() else 1.0 / qmax
-    scale = np.where(nonzero, scale, fill).astype(np.float32)
+    scale = np.maximum(np.where(nonzero, scale, fill), min_scale).astype(np.float32)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
     q = np.clip(np.round(w / scale.astype(np.float64).reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def bias_fit_scale(b: np.ndarray, s_in: float, per_channel: bool) -> np.ndarray | float:
+    """Smallest weight scale (per channel, or one for all) at which round(b / (s_in * s_w)) fits int32, with
+    onnxruntime's margin: bias scale >= 1.0001 * 2 |b| / (2^32 - 2)."""
+    absb = np.abs(np.asarray(b, dtype=np.float64)).reshape(-1)
+    if not per_channel:
+        absb = absb.max(initial=0.0)
+    return 1.0001 * 2.0 * absb / (2.0**32 - 2) / float(s_in)
 
 
 def bias_scale(s_in: float, s_w: np.ndarray) -> np.ndarray:
