@@ -83,7 +83,7 @@ def calibration_options(func):
         click.option("--scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default=None,
                      help="symmetric: zero point 0, +-127. asymmetric: affine over [min, max]. auto: symmetric, "
                           "but tensors that are never negative use all 256 levels with zero point -128. "
-                          "[default: the target's: auto for onnxruntime, else symmetric]"),
+                          "[default: auto with --target onnxruntime, else symmetric]"),
         click.option("--percentile", type=click.FloatRange(50, 100, min_open=True), default=99.99,
                      show_default=True, callback=_finite, help="Percentile of |x| kept by -a percentile."),
         click.option("--compat", type=click.Choice(["tengine"]), default=None,

@@ -60,11 +60,13 @@ DEFAULT = "generic"
 
 def resolve(target: str | None, scheme: str | None, fmt: str | None) -> tuple[Target, str, str]:
     """(profile, scheme, format) from the options, the target's defaults filling what was not given.
-    Without --target: generic, or onnxruntime when --format qoperator or a non-zero-point scheme asks for it."""
-    if target is None:
+    Without --target: generic, or onnxruntime when --format qoperator or a non-zero-point scheme asks for it; the
+    scheme then stays generic's (symmetric), so --format alone never changes the table."""
+    implied = target is None
+    if implied:
         target = "onnxruntime" if fmt == "qoperator" or scheme in ("auto", "asymmetric") else DEFAULT
     profile = TARGETS[target]
-    scheme = scheme or profile.schemes[0]
+    scheme = scheme or (TARGETS[DEFAULT].schemes[0] if implied else profile.schemes[0])
     fmt = fmt or profile.formats[0]
     if scheme not in profile.schemes:
         raise UsageError(f"--scheme {scheme} does not fit --target {target}: it takes zero point 0 only "

@@ -10,7 +10,7 @@ import pytest
 from quanttool.calibrate import Settings
 from quanttool.commands import convert_model
 from quanttool.rewrite import convert
-from quanttool.table import write_table
+from quanttool.table import Table, write_table
 from tests.helpers import run
 from tests.test_calibrate import OPTIONS
 from tests.test_rewrite_common import calibrate, conv_model, feeds_for, initializer, linear_bound, run_q
@@ -63,7 +63,7 @@ def test_convert_reports_raised_channels_once_in_the_summary(tmp_path, capsys):
     model, _, _, rng = tiny_weight_large_bias_conv()
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    write_table(tmp_path / "m.scale", calibrate(model, feeds_for(model, rng, n=2)), {})
+    write_table(tmp_path / "m.scale", Table(calibrate(model, feeds_for(model, rng, n=2)), {}))
     text = convert_model(path, tmp_path / "q.onnx", tmp_path / "m.scale", Settings(), fmt="qdq", exclude=(),
                          params_path=None, images=(), **OPTIONS)
     assert text.endswith("; weight scale raised on 1 channels of 1 ops so their int32 bias fits")
