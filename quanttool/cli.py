@@ -19,6 +19,9 @@ from .targets import TARGETS
 # quanttool.algorithms' names, then Tengine's numbers 0/1/2: spelled out here because importing the algorithms
 # pulls in numpy, and `quanttool --help` should not wait for it (tests/test_cli.py checks the two agree)
 ALGORITHM_CHOICES = ["minmax", "kl", "aciq", "percentile", "mse", "0", "1", "2"]
+# one process (onnxruntime's threads share the cores): worker processes measured no faster on the shared
+# 2-core benchmark machine (README, "Calibration speed"); -j 0 or N for machines with idle cores
+JOBS_DEFAULT = 1
 
 
 def input_options(func):
@@ -91,6 +94,12 @@ def calibration_options(func):
         click.option("--stats", "stats_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Cache file for the statistics: written after the pass, reused (no inference) when the "
                           "model, images and preprocessing match."),
+        click.option("-j", "--jobs", type=click.IntRange(min=0), default=JOBS_DEFAULT, show_default=True,
+                     metavar="N",
+                     help="Worker processes for the calibration pass, each with its own onnxruntime session "
+                          "(0: one per CPU core, as far as there are 100 images for each extra process). With N > 1 "
+                          "each runs 1 onnxruntime thread unless --threads says otherwise. The table is the same "
+                          "for any N."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -116,10 +125,11 @@ def cli(ctx, debug):
     """Post-training int8 quantization for ONNX models.
 
     \b
-    calibrate  images -> statistics -> .scale table
-    convert    fp32 model + table (or images) -> int8 ONNX model
-    evaluate   where the accuracy goes, layer by layer and at the outputs
-    simulate   the int8 model integer-only from --params, compared with onnxruntime
+    calibrate    images -> statistics -> .scale table
+    merge-stats  join the statistics of `calibrate --shard K/N` runs
+    convert      fp32 model + table (or images) -> int8 ONNX model
+    evaluate     where the accuracy goes, layer by layer and at the outputs
+    simulate     the int8 model integer-only from --params, compared with onnxruntime
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -149,8 +159,12 @@ def _settings(algorithm, scheme, bits, percentile, compat, target=None):
                    "ncnn2table's weight `LAYER_param_0 s...` and activation `LAYER s` lines (s = 127/T). "
                    "tensorrt-cache: TensorRT's EntropyCalibration2 cache (hex float32 scales). The last three "
                    "are symmetric: use --scheme symmetric.")
-def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat, stats_path, table_format,
-              **inputs):
+@click.option("--shard", default=None, metavar="K/N",
+              help="Observe only the K-th of N parts of the sorted image list and write its statistics to --stats "
+                   "(no table); `quanttool merge-stats` joins the N parts, then `calibrate --stats ALL.npz` "
+                   "writes the table one machine would.")
+def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat, stats_path, jobs, table_format,
+              shard, **inputs):
     """Run the images through the model once and write a table (.scale: name scale zero_point)."""
     from .commands import calibrate_table
     from .export import SUFFIX
@@ -159,14 +173,15 @@ def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat
     profile, scheme, _ = resolve_target(target, scheme, None)
     settings = _settings(algorithm, scheme, bits, percentile, compat, profile.name)
     output = output or Path(model.stem + SUFFIX[table_format])
-    summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, **inputs)
+    summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, jobs=jobs,
+                              shard=shard, **inputs)
     click.echo(summary)
 
 
 # What only calibration reads: with a ready table (convert -f) these would be silently ignored, so they are
 # refused. --shape is only warned about: scripts pass it to every command, and it cannot change the result.
 CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "mean", "norm", "color",
-                    "resize", "pad_value", "focus", "max_images")
+                    "resize", "pad_value", "focus", "max_images", "jobs")
 
 
 def _refuse_calibration_options(ctx) -> None:
@@ -182,6 +197,17 @@ def _refuse_calibration_options(ctx) -> None:
         names = ", ".join(param.opts[-1] for param in passed)
         raise UsageError(f"{names}: only used to calibrate from images (-i); with -f TABLE.scale the table already "
                          f"holds the scales, so drop {'it' if len(passed) == 1 else 'them'} or use -i DIR instead")
+
+
+@cli.command("merge-stats")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The merged statistics file, for `calibrate --stats`.")
+def merge_stats(parts, output):
+    """Join the --stats files of `calibrate --shard K/N` (all N parts of one model, image set and preprocessing)."""
+    from .commands import merge_stats_files
+
+    click.echo(merge_stats_files(parts, output))
 
 
 @cli.command()
@@ -209,7 +235,7 @@ def _refuse_calibration_options(ctx) -> None:
                    "scales, zero points, int32 bias, m0 and shift, rounding, clamp, pad values, divisors, lookup "
                    "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, target, scheme,
-            percentile, compat, stats_path, **inputs):
+            percentile, compat, stats_path, jobs, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     if table is None and not inputs["images"]:
         raise UsageError("convert needs a table (-f TABLE.scale) or calibration images (-i DIR)")
@@ -226,7 +252,7 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
-                             **inputs))
+                             jobs=jobs, **inputs))
 
 
 @cli.command()

@@ -16,11 +16,10 @@ from typing import Sequence
 
 from . import __version__
 from . import prepare as prep
-from .calibrate import Settings, choose_params, collect
+from .calibrate import CACHE_KEYS, Settings, choose_params, collect, parse_shard
 from .errors import QuantError, UsageError, first_line, info, one_line, warn
 from .fileio import atomic_open, check_outputs, read_text, write_bytes
 from .inputs import Preprocess, describe, parse_floats, parse_image_dirs, parse_shape
-from .observe import observe
 from .qparams import QParam
 from .table import Table, as_float32, read_table
 from .targets import TARGETS
@@ -124,9 +123,9 @@ class Inputs:
         return prep.prepare(self.model, None, name=str(self.path))
 
 
-def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path) -> Table:
+def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path, jobs: int = 1) -> Table:
     stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
-                          threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path)
+                          threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path, jobs=jobs)
     params = choose_params(prepared, stats, settings)
     # the model name becomes a header line: one line of printable text
     meta = {"model": one_line(inputs.path.name), **meta, "target": settings.target,
@@ -136,20 +135,80 @@ def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path) -> Tab
 
 
 def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, table_format: str = "scale",
-                    **options) -> str:
+                    jobs: int = 1, shard: str | None = None, **options) -> str:
     from .export import write as write_any_table
 
     start = time.perf_counter()
+    part = parse_shard(shard)
+    if part is not None:
+        return calibrate_shard(model, part, stats_path, jobs=jobs, **options)
     inputs = Inputs(model, **options)
     if inputs.roots is None:
         raise UsageError("calibrate needs images: -i DIR")
     _check_outputs(inputs, [], output=output, stats=stats_path)
     prepared = inputs.static()
-    table = _calibrated(inputs, prepared, settings, stats_path)
+    table = _calibrated(inputs, prepared, settings, stats_path, jobs)
     write_any_table(table_format, output, table, prepared)
     kind = "" if table_format == "scale" else f" ({table_format} format)"
     return (f"wrote {output}{kind}: {len(table.params)} tensors, algorithm {settings.algorithm}, "
             f"{table.meta['images']} images, {time.perf_counter() - start:.1f} s")
+
+
+def calibrate_shard(model: Path, shard: tuple[int, int], stats_path: Path | None, *, jobs: int = 1,
+                    **options) -> str:
+    """Statistics of shard K/N of the images into --stats (no table): `merge-stats` joins the parts."""
+    start = time.perf_counter()
+    if stats_path is None:
+        raise UsageError("--shard needs --stats PART.npz: the shard's statistics are its result")
+    inputs = Inputs(model, **options)
+    if inputs.roots is None:
+        raise UsageError("calibrate needs images: -i DIR")
+    _check_outputs(inputs, [], stats=stats_path)
+    stats, meta = collect(inputs.static(), inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
+                          threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path, jobs=jobs,
+                          shard=shard)
+    return (f"wrote {stats_path}: shard {meta['shard']}, {meta['images']} images, {len(stats)} tensors, "
+            f"{time.perf_counter() - start:.1f} s (join the parts with `quanttool merge-stats`)")
+
+
+def merge_stats_files(parts: Sequence[Path], output: Path) -> str:
+    """Join the statistics of shards 1/N..N/N of one image set (same model, preprocessing and input shapes)
+    into one file that `calibrate --stats` uses as if one machine had seen every image."""
+    from .observe import merge
+    from .stats import load_stats, save_stats
+
+    if not parts:
+        raise UsageError("merge-stats needs the part files: quanttool merge-stats part*.npz -o all.npz")
+    check_outputs({"--output": output}, parts)
+    loaded = [(Path(path), *load_stats(path)) for path in parts]
+    first_path, _, first = loaded[0]
+    shards: dict[int, Path] = {}
+    total = None
+    for path, _, meta in loaded:
+        k, _, n = meta.get("shard", "").partition("/")
+        if not k.isdigit() or not n.isdigit():
+            raise QuantError(f"{path}: not the statistics of a shard (made without --shard); "
+                             f"merge the files written by `calibrate --shard K/N --stats PART.npz`")
+        for key in CACHE_KEYS:
+            if meta.get(key) != first.get(key):
+                raise QuantError(f"{path}: made with a different {key.replace('_', ' ')} than {first_path} "
+                                 f"({meta.get(key)!r}, not {first.get(key)!r}); merge parts of one calibration")
+        if total is not None and int(n) != total:
+            raise QuantError(f"{path}: shard {k}/{n} does not belong to the {total}-shard layout of "
+                             f"{first_path}; merge the parts of one --shard K/N split")
+        total = int(n)
+        if int(k) in shards:
+            raise QuantError(f"{path}: shard {k}/{n} is also in {shards[int(k)]}; give each part once")
+        shards[int(k)] = path
+    missing = sorted(set(range(1, total + 1)) - set(shards))
+    if missing:
+        raise QuantError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{k}/{total}' for k in missing)} "
+                         f"missing: merge all {total} parts")
+    stats = merge([part for _, part, _ in sorted(loaded, key=lambda item: int(item[2]["shard"].partition("/")[0]))])
+    meta = {key: value for key, value in first.items() if key != "shard"}
+    meta["images"] = str(sum(int(m["images"]) for _, _, m in loaded))
+    save_stats(output, stats, meta)
+    return f"wrote {output}: {total} shards, {meta['images']} images, {len(stats)} tensors"
 
 
 def _load_table(path: Path, model_sha: str) -> Table:
@@ -254,7 +313,7 @@ def read_recipe(model, path: Path) -> dict:
 
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
                   exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8,
-                  int8_outputs: bool = False, stats_path=None, **options) -> str:
+                  int8_outputs: bool = False, stats_path=None, jobs: int = 1, **options) -> str:
     from .rewrite import convert, hardware_params
 
     inputs = Inputs(model, **options)
@@ -263,7 +322,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     if table is not None:
         loaded = _load_table(table, inputs.sha)
     else:
-        loaded = _calibrated(inputs, inputs.static(), settings, stats_path)
+        loaded = _calibrated(inputs, inputs.static(), settings, stats_path, jobs)
     params = loaded.params
     result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
                      target=TARGETS[settings.target])
@@ -371,6 +430,8 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
             json.dump(ev.to_json(report), handle, indent=1, allow_nan=False)
     if report_path is not None:
         worst = [layer.output for layer in report.layers[:6]]
+        from .observe import observe
+
         stats = observe(static, iter_samples(samples[:20], inputs.specs, inputs.pp), total=min(20, len(samples)),
                         threads=inputs.threads, names=worst, desc="histograms")
         ev.write_html(report, report_path, stats)

@@ -42,6 +42,23 @@ _FORMAT = "quanttool-stats-2"  # 2: edge counts added
 _SCALARS = ("count", "numel", "samples", "zeros", "edge_pos", "edge_neg", "min", "max", "sum", "sumsq", "sumabs",
             "range")
 _INTEGERS = ("count", "numel", "samples", "zeros", "edge_pos", "edge_neg")
+_SUMS = ("sum", "sumsq", "sumabs")
+
+
+def _add_partial(partials: list[float], x: float) -> None:
+    """Add x to a list of non-overlapping floats whose exact sum is the running total (Shewchuk's algorithm,
+    the one behind math.fsum); the list stays a few entries long."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
 
 
 def _load_kernel():
@@ -194,6 +211,10 @@ class TensorStats:
     range: float = 0.0      # R: a power of two, 0 until a non-zero value is seen
     pos: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # x > 0 over (0, R]
     neg: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # -x for x < 0, over (0, R]
+    # The per-sample float64 sums are added exactly (non-overlapping partials, as math.fsum keeps them), and
+    # sum/sumsq/sumabs are the correctly rounded totals: the same bits for any order of images, split into
+    # shards or worker processes and merged.
+    partials: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived values -------------------------------------------------------------------------------
     @property
@@ -264,6 +285,13 @@ class TensorStats:
         return None
 
     # ---- accumulation ---------------------------------------------------------------------------------
+    def _add_exact(self, key: str, value: float) -> None:
+        parts = self.partials.get(key)
+        if parts is None:
+            parts = self.partials[key] = [getattr(self, key)] if getattr(self, key) else []
+        _add_partial(parts, value)
+        setattr(self, key, math.fsum(parts))
+
     def _grow(self, target: float) -> None:
         """Double R until it reaches `target`, merging bin pairs so the histograms stay exact."""
         if not (math.isfinite(target) and target > 0) or not (math.isfinite(self.range) and self.range >= 0):
@@ -306,9 +334,8 @@ class TensorStats:
         self.count += flat.size
         self.zeros += zeros
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-        self.sum += total
-        self.sumsq += sq
-        self.sumabs += absolute
+        for key, value in (("sum", total), ("sumsq", sq), ("sumabs", absolute)):
+            self._add_exact(key, value)
 
     def merge(self, other: TensorStats) -> None:
         """Add the statistics of `other` (e.g. from another worker) into these."""
@@ -327,9 +354,9 @@ class TensorStats:
         self.samples += other.samples
         self.zeros += other.zeros
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
-        self.sum += other.sum
-        self.sumsq += other.sumsq
-        self.sumabs += other.sumabs
+        for key in _SUMS:
+            for value in other.partials.get(key, [getattr(other, key)]):
+                self._add_exact(key, value)
 
 
 # ---- files ----------------------------------------------------------------------------------------------
@@ -360,6 +387,11 @@ def save_stats(path: str | os.PathLike, stats: dict[str, TensorStats], meta: dic
     for key in _SCALARS:
         dtype = np.int64 if key in _INTEGERS else np.float64
         arrays[key] = np.array([getattr(s, key) for s in items], dtype)
+    for key in _SUMS:  # the exact partials, so parts merged later still give the single-pass bits
+        rows = [s.partials.get(key, [getattr(s, key)]) for s in items]
+        width = max((len(row) for row in rows), default=0)
+        arrays[f"{key}_partials"] = np.array([row + [0.0] * (width - len(row)) for row in rows],
+                                             np.float64).reshape(len(items), width)
     arrays["names"], arrays["name_ends"] = _pack_strings(names)
     arrays["meta_keys"], arrays["meta_key_ends"] = _pack_strings(list(meta))
     arrays["meta_values"], arrays["meta_value_ends"] = _pack_strings([str(v) for v in meta.values()])
@@ -381,6 +413,7 @@ def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[st
             keys = _unpack_strings(data["meta_keys"], data["meta_key_ends"])
             values = _unpack_strings(data["meta_values"], data["meta_value_ends"])
             columns = {key: data[key] for key in _SCALARS}
+            exact = {key: data[f"{key}_partials"] for key in _SUMS if f"{key}_partials" in data}
             pos, neg = data["pos"], data["neg"]
             if pos.shape != (len(names), BINS) or neg.shape != pos.shape:
                 raise ValueError("histogram shape does not match the tensor names")
@@ -396,6 +429,11 @@ def load_stats(path: str | os.PathLike) -> tuple[dict[str, TensorStats], dict[st
                 item = TensorStats(pos=pos[i].astype(np.int64), neg=neg[i].astype(np.int64))
                 for key, column in columns.items():
                     setattr(item, key, int(column[i]) if key in _INTEGERS else float(column[i]))
+                for key, rows in exact.items():
+                    parts = [float(v) for v in rows[i] if v]
+                    if not all(math.isfinite(v) for v in parts) or math.fsum(parts) != getattr(item, key):
+                        raise _Damaged(f"tensor {name!r}: the exact parts of {key} do not add up to it")
+                    item.partials[key] = parts
                 problem = item.problem()
                 if problem:
                     raise _Damaged(f"tensor {name!r}: {problem}")

@@ -1,30 +1,30 @@
-"""Benchmark `calibrate -a kl` against plain onnxruntime inference over the same images, in one run.
+"""Benchmark the whole `quanttool calibrate -a kl` process against a plain decode + inference pass, in one run.
 
-    python scripts/bench_calibrate.py [--images 200] [--repeats 3]
+    python scripts/bench_calibrate.py [--images 200] [--repeats 3] [--jobs 1,0] [--rss 100,400]
 
-Prints, side by side:
-- time: plain inference (decode + preprocess + onnxruntime run, the same input pipeline and thread count)
-  vs the whole `calibrate -a kl` (prepare, observe every activation, KL thresholds, table), median of
-  alternating repeats, and their ratio;
-- threshold search: choosing KL thresholds for every tensor from the collected statistics;
-- memory: peak RSS of `quanttool calibrate` processes at 100 and 400 images, and their ratio.
+Prints the CPU's int8 features, then, side by side (alternating runs, medians, so machine noise hits all alike):
+- plain: scripts/bench_plain.py, a whole process that decodes and preprocesses every image with quanttool's
+  input pipeline and runs the fp32 model once per image in a default onnxruntime session;
+- `python -m quanttool calibrate -a kl` (prepare, observe, KL thresholds, table), a whole process, once per
+  --jobs value (0: quanttool's default), with its ratio to the plain pass;
+- start-up: `quanttool --help` vs `python -c pass`, median of 11 runs each;
+- memory: peak RSS of the calibrate process at the --rss image counts, and the ratio of the last to the first;
+- threshold search: choosing KL thresholds for every tensor from the collected statistics (in process).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench_common import MEAN, NORM, PREPROCESS, ROOT, arguments, median_time, mobilenet
-
-from quanttool import prepare as prep
-from quanttool.calibrate import Settings, choose_params, collect
-from quanttool.inputs import Preprocess, discover, iter_samples
-from quanttool.runtime import session
-
+from bench_common import MEAN, NORM, ROOT, SCRIPTS, cpu_int8_features, median_time, mobilenet
 
 
 def peak_rss_mb(args: list[str], env: dict | None = None) -> float:
@@ -36,59 +36,90 @@ def peak_rss_mb(args: list[str], env: dict | None = None) -> float:
     return int(out.stdout.strip()) / 1024
 
 
+CPU: dict[str, list[float]] = {}  # CPU seconds (user + system) of each timed child process, by label
+
+
+def wall(args: list[str], label: str | None = None) -> float:
+    """Wall time of one child process; its CPU time goes to CPU[label] (robust to other jobs on the machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if label:
+        CPU.setdefault(label, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return elapsed
+
+
 def main() -> None:
-    args = arguments(__doc__, images=200)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", default="1,0", help="comma-separated --jobs values to time")
+    parser.add_argument("--rss", default="100,400", help="comma-separated image counts for peak RSS ('' skips)")
+    args = parser.parse_args()
+    rss_counts = [int(n) for n in args.rss.split(",") if n]
+    model_path, image_dir = mobilenet(max([args.images, *rss_counts]))
+    jobs = [int(j) for j in args.jobs.split(",")]
 
-    model_path, image_dir = mobilenet(max(args.images, 400))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_calibrate_"))
+    plain = [sys.executable, str(SCRIPTS / "bench_plain.py"), str(model_path), str(image_dir), str(args.images)]
+
+    def calibrate(j: int, n: int = args.images) -> list[str]:
+        return [sys.executable, "-m", "quanttool", "calibrate", "-m", str(model_path), "-i", str(image_dir),
+                "--mean", MEAN, "--norm", NORM, "--resize", "center-crop", "-a", "kl", "--max-images", str(n),
+                "-j", str(j), "-o", str(tmp / "t.scale")]
+
+    wall(plain)  # warm-up: file cache
+    times: dict[str, list[float]] = {"plain": [], **{f"j{j}": [] for j in jobs}}
+    for _ in range(args.repeats):  # alternate, so machine noise hits every variant alike
+        times["plain"].append(wall(plain, "plain"))
+        for j in jobs:
+            times[f"j{j}"].append(wall(calibrate(j), f"j{j}"))
+
+    helps = {"python -c pass": [sys.executable, "-c", "pass"],
+             "quanttool --help": [sys.executable, "-m", "quanttool", "--help"]}
+    startup = {k: [] for k in helps}
+    for _ in range(11):
+        for key, cmd in helps.items():
+            startup[key].append(wall(cmd, key))
+
+    rss = {n: peak_rss_mb(calibrate(1, n)) for n in rss_counts}  # one process: its peak is the whole footprint
+
+    sys.path.insert(0, str(ROOT))
+    from quanttool import prepare as prep
+    from quanttool.calibrate import Settings, choose_params
+    from quanttool.stats import load_stats
+
+    stats_file = tmp / "s.npz"
+    subprocess.run(calibrate(0, min(args.images, 50)) + ["--stats", str(stats_file)], check=True,
+                   capture_output=True)
+    stats, _ = load_stats(stats_file)
     model = prep.load_model(model_path)
-    specs = prep.input_specs(model, None)
-    pp = Preprocess(**PREPROCESS)
-    roots = {specs[0].name: image_dir}
-    samples = discover(roots, args.images)
-    plain = session(model, args.threads)
+    prepared = prep.prepare(model, prep.input_specs(model, None))
+    t_kl, _ = median_time(lambda: choose_params(prepared, stats, Settings(algorithm="kl")), 5)
 
-    def infer():
-        for _, feeds in iter_samples(samples, specs, pp, threads=max(1, args.threads)):
-            plain.run(None, feeds)
-
-    settings = Settings(algorithm="kl")
-    stats_box = {}
-
-    def calibrate():
-        prepared = prep.prepare(model, specs)
-        stats, _ = collect(prepared, specs, roots, pp, max_images=args.images, threads=args.threads,
-                           model_sha="bench")
-        choose_params(prepared, stats, settings)
-        stats_box["stats"], stats_box["model"] = stats, prepared
-
-    infer()  # warm-up: file cache and onnxruntime's first-run allocations
-    t_infer, t_cal = [], []
-    for _ in range(args.repeats):  # alternate, so machine noise hits both alike
-        t_infer.append(median_time(infer, 1)[0])
-        t_cal.append(median_time(calibrate, 1)[0])
-    t_kl, _ = median_time(lambda: choose_params(stats_box["model"], stats_box["stats"], settings), 5)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cli = [sys.executable, "-m", "quanttool", "calibrate", "-m", str(model_path), "-i", str(image_dir),
-               "--mean", MEAN, "--norm", NORM, "--resize", "center-crop", "-a", "kl",
-               "-o", str(Path(tmp) / "t.scale")]
-        rss = {n: peak_rss_mb(cli + ["--max-images", str(n)]) for n in (100, 400)}
-        # glibc gives each allocating thread its own arena, so peak RSS also depends on thread timing
-        # (seen: +-10% between identical runs); with one arena only what the data needs remains
-        one_arena = {n: peak_rss_mb(cli + ["--max-images", str(n)], {"MALLOC_ARENA_MAX": "1"}) for n in (100, 400)}
-
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    n_tensors = len(stats_box["stats"])
-    print(f"model: {model_path.relative_to(ROOT)} (52 Conv, 224x224), {len(samples)} images, {n_tensors} tensors")
-    print(f"plain onnxruntime inference : {med(t_infer):7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_infer)})")
-    print(f"calibrate -a kl (all steps) : {med(t_cal):7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_cal)})")
-    print(f"ratio calibrate / inference : {med(t_cal) / med(t_infer):7.2f}x")
-    print(f"KL thresholds, all tensors  : {t_kl * 1000:7.1f} ms  (median of 5)")
-    print(f"peak RSS 100 images         : {rss[100]:7.1f} MB")
-    print(f"peak RSS 400 images         : {rss[400]:7.1f} MB")
-    print(f"ratio RSS 400 / 100         : {rss[400] / rss[100]:7.3f}")
-    print(f"same, MALLOC_ARENA_MAX=1    : {one_arena[100]:7.1f} MB / {one_arena[400]:7.1f} MB = "
-          f"{one_arena[400] / one_arena[100]:.3f}")
+    med = statistics.median
+    print(f"CPU int8 features: {cpu_int8_features()}; {os.cpu_count()} logical CPUs; "
+          f"load average {os.getloadavg()[0]:.1f} at the end (other jobs share this machine)")
+    print(f"model: {model_path.relative_to(ROOT)} (52 Conv, 224x224), {args.images} images, "
+          f"{len(stats)} observed tensors")
+    base, base_cpu = med(times["plain"]), med(CPU["plain"])
+    print("wall time (medians of alternating runs) and CPU time (user + system, all threads and processes):")
+    print(f"plain decode + inference (process) : {base:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in times['plain'])})"
+          f"  CPU {base_cpu:.2f} s")
+    for j in jobs:
+        t, c = times[f"j{j}"], med(CPU[f"j{j}"])
+        label = f"calibrate -a kl -j {j}"
+        print(f"{label:<35}: {med(t):7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t)})  "
+              f"ratio {med(t) / base:.2f}x;  CPU {c:.2f} s, ratio {c / base_cpu:.2f}x")
+    for key, values in startup.items():
+        print(f"{key:<35}: {med(values):7.3f} s   (median of 11)  CPU {med(CPU[key]):.3f} s")
+    for n in rss_counts:
+        print(f"peak RSS, {n:>5} images              : {rss[n]:7.1f} MB")
+    if len(rss_counts) > 1:
+        print(f"ratio RSS {rss_counts[-1]} / {rss_counts[0]}               : {rss[rss_counts[-1]] / rss[rss_counts[0]]:7.3f}")
+    print(f"KL thresholds, all tensors         : {t_kl * 1000:7.1f} ms  (median of 5)")
 
 
 if __name__ == "__main__":

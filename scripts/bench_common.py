@@ -45,6 +45,17 @@ def mobilenet(n_images: int) -> tuple[Path, Path]:
     return model, images
 
 
+def cpu_int8_features() -> str:
+    """The int8 dot-product features of this CPU from /proc/cpuinfo (what onnxruntime's int8 kernels use)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+    found = [f for f in wanted if f in flags]
+    return ", ".join(found) if found else "none of " + ", ".join(wanted)
+
+
 def median_time(func, repeats: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(repeats):

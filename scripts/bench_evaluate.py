@@ -12,11 +12,13 @@ and prints their ratio, plus the per-image time of the plain int8 model for refe
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from bench_common import MEAN, NORM, PREPROCESS, ROOT, arguments, median_time, mobilenet
+from bench_common import MEAN, NORM, PREPROCESS, ROOT, arguments, cpu_int8_features, median_time, mobilenet
 
 from quanttool import commands
 from quanttool import prepare as prep
@@ -57,19 +59,30 @@ def main() -> None:
 
     infer()  # warm-up: file cache and onnxruntime's first-run allocations
     infer(plain_int8)
-    t_infer, t_eval = [], []
+    t_infer, t_eval, c_infer, c_eval = [], [], [], []
+
+    def cpu(func) -> float:  # CPU seconds of this process (all threads): robust to other jobs on the machine
+        start = time.process_time()
+        func()
+        return time.process_time() - start
+
     for _ in range(args.repeats):  # alternate, so machine noise hits both alike
         t_infer.append(median_time(infer, 1)[0])
         t_eval.append(median_time(evaluate, 1)[0])
+        c_infer.append(cpu(infer))
+        c_eval.append(cpu(evaluate))
     t_int8, _ = median_time(lambda: infer(plain_int8), 1)
     shutil.rmtree(tmp)
 
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f"CPU int8 features: {cpu_int8_features()}; load average {os.getloadavg()[0]:.1f} (shared machine)")
     print(f"model: {model_path.relative_to(ROOT)} (52 Conv, 224x224), {len(samples)} images, "
           f"threads {args.threads or 'default'}")
     print(f"plain fp32 inference      : {med(t_infer):7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_infer)})")
     print(f"evaluate -q (all steps)   : {med(t_eval):7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_eval)})")
     print(f"ratio evaluate / inference: {med(t_eval) / med(t_infer):7.2f}x")
+    print(f"CPU time: inference {med(c_infer):.2f} s, evaluate {med(c_eval):.2f} s, ratio "
+          f"{med(c_eval) / med(c_infer):.2f}x")
     print(f"plain int8 inference      : {t_int8:7.2f} s   (reference, one run)")
     print("evaluate output (top 5):")
     print("\n".join("  " + line for line in text["report"].splitlines()))

@@ -94,7 +94,7 @@ def test_stats_cache_reused_without_inference_and_mismatch_is_an_error(setup, mo
     def no_inference(*args, **kwargs):
         raise AssertionError("inference ran although cached statistics matched")
 
-    monkeypatch.setattr(calibrate_module, "observe", no_inference)
+    monkeypatch.setattr(calibrate_module, "observe_parallel", no_inference)
     calibrate_table(path, tmp / "b.scale", Settings("percentile"), images=[str(images)], stats_path=cache,
                     **OPTIONS)
     calibrate_table(path, tmp / "c.scale", Settings("minmax"), images=[str(images)], stats_path=cache, **OPTIONS)

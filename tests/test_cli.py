@@ -23,7 +23,8 @@ def test_version():
 @pytest.mark.parametrize("command, options", [
     ("calibrate", ["--model", "--images", "--shape", "--mean", "--norm", "--color", "--resize", "--pad-value",
                    "--focus", "--max-images", "--threads", "--algorithm", "--scheme", "--percentile", "--compat",
-                   "--stats", "--output", "--bits", "--table-format"]),
+                   "--stats", "--output", "--bits", "--table-format", "--jobs", "--shard"]),
+    ("merge-stats", ["--output"]),
     ("convert", ["--model", "--output", "--table", "--images", "--algorithm", "--format", "--exclude", "--params",
                  "--scheme"]),
     ("evaluate", ["--model", "--quantized", "--table", "--images", "--labels", "--json", "--report",

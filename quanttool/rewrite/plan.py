@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import QuantError, warn
 from ..ops import OPS, ops_where
+from ..prepare.activations import float_activations
 from ..qparams import QParam
 from ..targets import TARGETS, Target
 from .fuse import ACTIVATIONS, FUSABLE_PRODUCERS, absorbable, activation_bounds
@@ -90,34 +91,7 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def float_tensors(model: onnx.ModelProto, table: dict) -> set[str]:
     """Names of float activations (graph inputs and node outputs; initializers excluded)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # shape inference can fail on custom ops; fall back on declared types and the table
-        inferred = model
-    g = inferred.graph
-    dtypes = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.HasField("tensor_type"):
-            dtypes[vi.name] = vi.type.tensor_type.elem_type
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    names += [o for n in model.graph.node for o in n.output if o]
-    derived = shape_derived(model.graph)
-    return {n for n in names if n not in derived
-            and (dtypes.get(n, 0) == TensorProto.FLOAT or (dtypes.get(n, 0) == 0 and n in table))}
-
-
-def shape_derived(graph: onnx.GraphProto) -> set[str]:
-    """Tensors computed only from constants and tensor shapes (Shape, Size), not from input values: e.g.
-    Cast(Shape(x)[2]) in a model whose H stays dynamic. They are not activations: calibration saw them folded
-    to constants, so they have no table entry, and nothing quantizes them."""
-    known = {t.name for t in graph.initializer}
-    derived: set[str] = set()
-    for node in graph.node:  # topological order
-        inputs = [name for name in node.input if name]
-        if node.op_type in ("Shape", "Size") or (inputs and all(name in known or name in derived for name in inputs)):
-            derived.update(o for o in node.output if o)
-    return derived
+    return set(float_activations(model, table))
 
 
 def _float_islands(graph: onnx.GraphProto, groups: dict, consumers: dict[str, list[int]]) -> list[int]:
