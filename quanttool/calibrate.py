@@ -160,8 +160,12 @@ def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Pat
     if not float_activations(model):
         raise QuantError("the model has no float32 activation to quantize (float16 or integer models are not "
                          "supported)")
-    if not names:
-        warn("no op of this model would run in int8 (convert lists why each stays fp32); the table will be empty")
+    if not names:  # nothing would be quantized: the table still shows every activation's range
+        shared = {src for src, _ in rules.shared_inputs(model)}
+        names = [name for name in float_activations(model) if name not in shared]
+        empty_plan = True
+    else:
+        empty_plan = False
     jobs = jobs or auto_jobs(len(samples))
     if not samples:  # an empty shard: valid (it merges as nothing), but nothing to run
         stats, skipped = {}, 0
@@ -171,6 +175,9 @@ def collect(model: onnx.ModelProto, specs: list[InputSpec], roots: dict[str, Pat
                                           threads=threads if jobs == 1 or threads else 1)
     if skipped:
         warn(f"{skipped} of {len(samples)} images could not be read and were skipped")
+    if empty_plan:
+        warn("no op of this model would run in int8 (convert lists why each stays fp32); the table lists every "
+             "activation's range all the same")
     meta["images"] = str(len(samples) - skipped)
     if stats_path is not None:
         save_stats(stats_path, stats, meta)
