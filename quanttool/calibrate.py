@@ -70,7 +70,9 @@ def observed_tensors(model: onnx.ModelProto) -> list[str]:
     from .rewrite.plan import make_plan
 
     candidates = float_activations(model)  # untyped tensors too: observe drops those that are not float
-    # any entry will do: the plan only needs to know that every candidate has one
+    # any entry will do: the plan only needs to know that every candidate has one. The onnxruntime target's
+    # plan quantizes a superset of what the other --target profiles quantize (they run fewer ops in int8 or
+    # quantize inputs only), so the statistics (and a --stats cache) serve every target.
     plan = make_plan(model, {name: QParam(1.0, -128) for name in candidates})
     shared = {src for src, _ in rules.shared_inputs(model)}
     return [name for name in plan.qtensors if name not in shared]
