@@ -73,8 +73,10 @@ def _finite(ctx, param, value):
 
 def calibration_options(func):
     options = [
-        click.option("-a", "--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="minmax", show_default=True,
-                     help="Clip-range algorithm; Tengine's numbers 0/1/2 mean minmax/kl/aciq."),
+        click.option("-a", "--algorithm", type=click.Choice([*ALGORITHM_CHOICES, "auto"]), default="minmax",
+                     show_default=True,
+                     help="Clip-range algorithm; Tengine's numbers 0/1/2 mean minmax/kl/aciq. auto: per tensor, "
+                          "the one whose error hurts the consuming layers' outputs least (one more pass)."),
         click.option("--target", type=click.Choice(list(TARGETS)), default=None,
                      help="Runtime the int8 model is for (README 'Deploying'). generic: symmetric activations, int32 "
                           "biases, QDQ; runs in onnxruntime and OpenVINO with default settings. onnxruntime: any "
@@ -135,11 +137,39 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+EQUALIZE_HELP = ("Cross-layer equalisation of Conv -> Relu/ReLU6 -> Conv pairs before calibration (exact in fp32; "
+                 "a ReLU6 becomes Relu + Min with per-channel bounds).")
+
+
+def weight_options(func):
+    """convert's weight-side methods (quanttool/adjust/); all but --equalize need -i DIR."""
+    options = [
+        click.option("--equalize", is_flag=True, help=EQUALIZE_HELP + " With -f, the table must come from "
+                     "`calibrate --equalize`."),
+        click.option("--bias-correct", is_flag=True,
+                     help="Add each quantized layer's mean output error on the calibration images to its bias."),
+        click.option("--weight-clip", is_flag=True,
+                     help="Per output channel, the weight clip (50-100%% of max|W|) with the smallest output error "
+                          "of the layer on the calibration images."),
+        click.option("--adaround", is_flag=True,
+                     help="Round each weight up or down to minimise the layer's output error on the calibration "
+                          "images (AdaRound's objective, solved by coordinate descent)."),
+        click.option("--adjust-time", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SEC",
+                     help="Time limit of the --adaround search; layers reached later keep round-to-nearest."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _settings(algorithm, scheme, bits, percentile, compat, target=None):
     from .algorithms import resolve
     from .calibrate import Settings, check_settings
 
-    settings = Settings(resolve(algorithm), scheme, bits, percentile, compat, target)
+    if algorithm == "auto" and compat:
+        raise UsageError("-a auto chooses among quanttool's own formulas; drop --compat tengine or pick -a 0/1/2")
+    settings = Settings("auto" if algorithm == "auto" else resolve(algorithm), scheme, bits, percentile, compat,
+                        target)
     check_settings(settings)
     return settings
 
@@ -163,8 +193,9 @@ def _settings(algorithm, scheme, bits, percentile, compat, target=None):
               help="Observe only the K-th of N parts of the sorted image list and write its statistics to --stats "
                    "(no table); `quanttool merge-stats` joins the N parts, then `calibrate --stats ALL.npz` "
                    "writes the table one machine would.")
+@click.option("--equalize", is_flag=True, help=EQUALIZE_HELP + " The table is for `convert --equalize`.")
 def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat, stats_path, jobs, table_format,
-              shard, **inputs):
+              shard, equalize, **inputs):
     """Run the images through the model once and write a table (.scale: name scale zero_point)."""
     from .commands import calibrate_table
     from .export import SUFFIX
@@ -174,7 +205,7 @@ def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat
     settings = _settings(algorithm, scheme, bits, percentile, compat, profile.name)
     output = output or Path(model.stem + SUFFIX[table_format])
     summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, jobs=jobs,
-                              shard=shard, **inputs)
+                              shard=shard, equalize=equalize, **inputs)
     click.echo(summary)
 
 
@@ -234,13 +265,19 @@ def merge_stats(parts, output):
               help="Write the integer parameters as JSON: per op the int8 weight and tensor names, shapes, attributes, "
                    "scales, zero points, int32 bias, m0 and shift, rounding, clamp, pad values, divisors, lookup "
                    "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
+@weight_options
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, target, scheme,
-            percentile, compat, stats_path, jobs, **inputs):
+            percentile, compat, stats_path, jobs, equalize, bias_correct, weight_clip, adaround, adjust_time,
+            **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
+    from .adjust import Adjust
+
+    adjust = Adjust(equalize, bias_correct, weight_clip, adaround, adjust_time)
     if table is None and not inputs["images"]:
         raise UsageError("convert needs a table (-f TABLE.scale) or calibration images (-i DIR)")
-    if table is not None and inputs["images"]:
-        raise UsageError("give either -f TABLE.scale or -i DIR, not both")
+    if table is not None and inputs["images"] and not adjust.needs_data:
+        raise UsageError("give either -f TABLE.scale or -i DIR, not both (-i with -f only for --bias-correct, "
+                         "--weight-clip or --adaround)")
     if table is not None:
         _refuse_calibration_options(click.get_current_context())
     from .commands import convert_model, table_target
@@ -252,7 +289,7 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
-                             jobs=jobs, **inputs))
+                             jobs=jobs, adjust=adjust, **inputs))
 
 
 @cli.command()

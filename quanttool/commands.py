@@ -123,10 +123,38 @@ class Inputs:
         return prep.prepare(self.model, None, name=str(self.path))
 
 
-def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path, jobs: int = 1) -> Table:
+EQUALIZED = "+equalize"  # suffix of the model hash recorded for an equalised model (tables, statistics)
+
+
+def _equalized(prepared, on: bool):
+    """The prepared model after cross-layer equalisation when `on` (adjust/equalize.py)."""
+    if not on:
+        return prepared
+    from .adjust import equalize
+
+    return equalize(prepared)[0]
+
+
+def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path, jobs: int = 1,
+                equalized: bool = False) -> Table:
+    # an equalised model is another model: its statistics and tables must not pass for the original's
+    sha = inputs.sha + (EQUALIZED if equalized else "")
     stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
-                          threads=inputs.threads, model_sha=inputs.sha, stats_path=stats_path, jobs=jobs)
-    params = choose_params(prepared, stats, settings)
+                          threads=inputs.threads, model_sha=sha, stats_path=stats_path, jobs=jobs)
+    if settings.algorithm == "auto":  # per tensor, the candidate the consuming layers' outputs prefer
+        from .adjust.auto_clip import choose_auto
+        from .inputs import discover, iter_samples
+
+        samples = discover(inputs.roots, inputs.max_images)
+        params, _ = choose_auto(prepared, stats, settings, choose_params,
+                                iter_samples(samples, inputs.specs, inputs.pp, threads=max(1, inputs.threads)),
+                                len(samples), inputs.threads)
+    else:
+        params = choose_params(prepared, stats, settings)
+    if equalized:
+        from .adjust.equalize import share_bounds
+
+        params = share_bounds(prepared, params)
     # the model name becomes a header line: one line of printable text
     meta = {"model": one_line(inputs.path.name), **meta, "target": settings.target,
             "algorithm": settings.algorithm, "scheme": settings.scheme,
@@ -135,7 +163,7 @@ def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path, jobs: 
 
 
 def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path=None, table_format: str = "scale",
-                    jobs: int = 1, shard: str | None = None, **options) -> str:
+                    jobs: int = 1, shard: str | None = None, equalize: bool = False, **options) -> str:
     from .export import write as write_any_table
 
     start = time.perf_counter()
@@ -146,8 +174,8 @@ def calibrate_table(model: Path, output: Path, settings: Settings, *, stats_path
     if inputs.roots is None:
         raise UsageError("calibrate needs images: -i DIR")
     _check_outputs(inputs, [], output=output, stats=stats_path)
-    prepared = inputs.static()
-    table = _calibrated(inputs, prepared, settings, stats_path, jobs)
+    prepared = _equalized(inputs.static(), equalize)
+    table = _calibrated(inputs, prepared, settings, stats_path, jobs, equalize)
     write_any_table(table_format, output, table, prepared)
     kind = "" if table_format == "scale" else f" ({table_format} format)"
     return (f"wrote {output}{kind}: {len(table.params)} tensors, algorithm {settings.algorithm}, "
@@ -211,13 +239,17 @@ def merge_stats_files(parts: Sequence[Path], output: Path) -> str:
     return f"wrote {output}: {total} shards, {meta['images']} images, {len(stats)} tensors"
 
 
-def _load_table(path: Path, model_sha: str) -> Table:
+def _load_table(path: Path, model_sha: str, equalized: bool = False) -> Table:
     """The table file, its values checked; its names are checked against the model by the converter."""
     table = read_table(path)
     if table.meta.get("bits", "8") != "8":
         warn(f"{path} was fitted for {table.meta['bits']}-bit activations; the int8 model stores them in 8 bits "
              f"with these scales, so it does not clip to {table.meta['bits']} bits")
     made_for = table.meta.get("model_sha256")
+    if made_for and made_for.endswith(EQUALIZED) != equalized:
+        raise UsageError(f"{path} was calibrated {'with' if not equalized else 'without'} --equalize; convert "
+                         f"{'with' if not equalized else 'without'} --equalize too, or calibrate again")
+    made_for = made_for[:-len(EQUALIZED)] if made_for and made_for.endswith(EQUALIZED) else made_for
     if made_for and made_for != model_sha:
         warn(f"{path} was calibrated on a different model file (sha256 {made_for[:12]}..., this one "
              f"{model_sha[:12]}...); it is used if its tensor names all match")
@@ -241,12 +273,13 @@ RECIPE_KEY = "quanttool.recipe"
 
 
 def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int,
-                  int8_outputs: bool, model_sha: str, quantized=(), made: dict | None = None) -> None:
+                  int8_outputs: bool, model_sha: str, quantized=(), made: dict | None = None,
+                  adjust: str = "none") -> None:
     """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops and find
     where each op's weight, bias and constant operands are stored (it reads them, never recomputes them), and
     (`made`) the preprocessing, algorithm, scheme, target and tool version, so the model says how it was made."""
     recipe = {"model_sha256": model_sha, "format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
-              "int8_outputs": int8_outputs, **(made or {}),
+              "int8_outputs": int8_outputs, "adjust": adjust, **(made or {}),
               "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()},
               "stored": {op.node: op.stored for op in quantized if op.stored}}
     # replace, never add: a model that already carries a recipe (converted before, or its metadata copied)
@@ -313,23 +346,29 @@ def read_recipe(model, path: Path) -> dict:
 
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
                   exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8,
-                  int8_outputs: bool = False, stats_path=None, jobs: int = 1, **options) -> str:
+                  int8_outputs: bool = False, stats_path=None, jobs: int = 1, adjust=None, **options) -> str:
+    from .adjust import Adjust
     from .rewrite import convert, hardware_params
 
+    adjust = adjust or Adjust()
     inputs = Inputs(model, **options)
     _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
-    dynamic = inputs.dynamic()
+    dynamic = _equalized(inputs.dynamic(), adjust.equalize)
+    static = None
     if table is not None:
-        loaded = _load_table(table, inputs.sha)
+        loaded = _load_table(table, inputs.sha, adjust.equalize)
     else:
-        loaded = _calibrated(inputs, inputs.static(), settings, stats_path, jobs)
+        static = _equalized(inputs.static(), adjust.equalize)
+        loaded = _calibrated(inputs, static, settings, stats_path, jobs, adjust.equalize)
     params = loaded.params
+    if adjust.needs_data:
+        dynamic = _adjusted(inputs, dynamic, static, params, adjust, exclude, weight_bits)
     result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
                      target=TARGETS[settings.target])
     made = {"target": settings.target, "quanttool_version": __version__,
             **{key: loaded.meta[key] for key in ("preprocess", "algorithm", "scheme", "images") if key in loaded.meta}}
     record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha, result.quantized,
-                  made)
+                  made, adjust.describe())
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -375,6 +414,21 @@ def _all_nodes(graph):
             yield from _all_nodes(sub)
 
 
+def _adjusted(inputs: Inputs, dynamic, static, params: dict, adjust, exclude, weight_bits: int):
+    """`dynamic` with the weights and biases the weight-side methods chose on the calibration images."""
+    from .adjust import adjust_weights, apply_changes
+    from .inputs import LoadReport, discover, iter_samples
+
+    if inputs.roots is None:
+        raise UsageError("--bias-correct, --weight-clip and --adaround need the calibration images: -i DIR")
+    static = static if static is not None else _equalized(inputs.static(), adjust.equalize)
+    samples = discover(inputs.roots, inputs.max_images)
+    changes = adjust_weights(static, params, iter_samples(samples, inputs.specs, inputs.pp,
+                                                          threads=max(1, inputs.threads), report=LoadReport()),
+                             len(samples), adjust, exclude=exclude, bits=weight_bits, threads=inputs.threads)
+    return apply_changes(dynamic, changes)
+
+
 def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, fmt: str, labels: Path | None,
                    json_path: Path | None, report_path: Path | None, top: int, **options) -> str:
     from . import evaluate as ev
@@ -406,6 +460,7 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
             warn(f"{quantized} was converted from a different file than {model}; if the models do not "
                  f"match, the comparison below is meaningless")
         params = recipe["table"]
+        static = _equalized(static, "equalize" in recipe.get("adjust", "none").split(","))
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
                          weight_bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True),
                          target=TARGETS[recipe.get("target", "onnxruntime")])
@@ -414,7 +469,9 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
             for op in result.quantized:
                 op.stored = stored.get(op.node, {})
     else:
-        loaded = _load_table(table, inputs.sha)
+        equalized = read_table(table).meta.get("model_sha256", "").endswith(EQUALIZED)  # calibrate --equalize
+        static = _equalized(static, equalized)
+        loaded = _load_table(table, inputs.sha, equalized)
         params = loaded.params
         target = TARGETS[table_target(table) if fmt == "qdq" else "onnxruntime"]
         result = convert(static, loaded, fmt=fmt, int8_outputs=False, target=target)  # as convert's default
