@@ -31,6 +31,7 @@ class Settings:
     percentile: float = 99.99
     compat: str | None = None     # "tengine": Tengine's formulas, symmetric only
     target: str = "onnxruntime"   # the runtime profile (targets.py) the table and the int8 model are for
+    bounded: str = "range"        # range: bounded activations keep their known range (rules.known_ranges)
 
 
 def kind_of(stats: TensorStats, scheme: str) -> str:
@@ -51,14 +52,18 @@ def to_qparam(kind: str, lo: float, hi: float, bits: int) -> QParam:
 def choose_params(model: onnx.ModelProto, stats: dict[str, TensorStats], settings: Settings) -> dict[str, QParam]:
     scheme = "symmetric" if settings.compat == "tengine" else settings.scheme
     params = {}
+    known = rules.known_ranges(model) if settings.bounded == "range" else {}
     for name, st in stats.items():
         kind = kind_of(st, scheme)
         if st.absmax == 0 or st.min == st.max:
             warn(f"tensor {name!r} is constant ({st.min:g}) over all images; it gets a placeholder scale")
-        lo, hi = algorithms.compute_range(settings.algorithm, st, kind, settings.bits,
-                                          percentile=settings.percentile, compat=settings.compat)
+        if name in known:  # a bounded activation: its own range, not a statistical clip (rules.BOUNDED)
+            lo, hi = rules.within(known[name], st.min, st.max)
+        else:
+            lo, hi = algorithms.compute_range(settings.algorithm, st, kind, settings.bits,
+                                              percentile=settings.percentile, compat=settings.compat)
         params[name] = to_qparam(kind, lo, hi, settings.bits)
-    params = rules.apply(model, params, settings.bits)
+    params = rules.apply(model, params, settings.bits, fixed_softmax=settings.bounded != "range")
     return {name: params[name] for name in float_activations(model, params) if name in params}  # graph order
 
 

@@ -93,6 +93,9 @@ def calibration_options(func):
                      show_default=True, callback=_finite, help="Percentile of |x| kept by -a percentile."),
         click.option("--compat", type=click.Choice(["tengine"]), default=None,
                      help="Reproduce Tengine's formulas exactly (symmetric; minmax, kl or aciq)."),
+        click.option("--bounded", type=click.Choice(["range", "algorithm"]), default="range", show_default=True,
+                     help="Outputs of Sigmoid, HardSigmoid, Softmax, Tanh and Clip (and pass-through ops after them): "
+                          "range = their known range clipped to what was observed; algorithm = like any tensor."),
         click.option("--stats", "stats_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Cache file for the statistics: written after the pass, reused (no inference) when the "
                           "model, images and preprocessing match."),
@@ -194,7 +197,7 @@ def _settings(algorithm, scheme, bits, percentile, compat, target=None):
                    "(no table); `quanttool merge-stats` joins the N parts, then `calibrate --stats ALL.npz` "
                    "writes the table one machine would.")
 @click.option("--equalize", is_flag=True, help=EQUALIZE_HELP + " The table is for `convert --equalize`.")
-def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat, stats_path, jobs, table_format,
+def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat, bounded, stats_path, jobs, table_format,
               shard, equalize, **inputs):
     """Run the images through the model once and write a table (.scale: name scale zero_point)."""
     from .commands import calibrate_table
@@ -202,7 +205,7 @@ def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat
     from .targets import resolve as resolve_target
 
     profile, scheme, _ = resolve_target(target, scheme, None)
-    settings = _settings(algorithm, scheme, bits, percentile, compat, profile.name)
+    settings = _settings(algorithm, scheme, bits, percentile, compat, profile.name, bounded)
     output = output or Path(model.stem + SUFFIX[table_format])
     summary = calibrate_table(model, output, settings, stats_path=stats_path, table_format=table_format, jobs=jobs,
                               shard=shard, equalize=equalize, **inputs)
@@ -212,7 +215,7 @@ def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat
 # What only calibration reads: with a ready table (convert -f) these would be silently ignored, so they are
 # refused. --shape is only warned about: scripts pass it to every command, and it cannot change the result.
 CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "mean", "norm", "color",
-                    "resize", "pad_value", "focus", "max_images", "jobs")
+                    "resize", "pad_value", "focus", "max_images", "jobs", "bounded")
 
 
 def _refuse_calibration_options(ctx) -> None:
@@ -267,7 +270,7 @@ def merge_stats(parts, output):
                    "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
 @weight_options
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, target, scheme,
-            percentile, compat, stats_path, jobs, equalize, bias_correct, weight_clip, adaround, adjust_time,
+            percentile, compat, bounded, stats_path, jobs, equalize, bias_correct, weight_clip, adaround, adjust_time,
             **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     from .adjust import Adjust
@@ -286,7 +289,7 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     if target is None and table is not None and fmt is None and scheme is None:
         target = table_target(table)
     profile, scheme, fmt = resolve_target(target, scheme, fmt)
-    settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name)
+    settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name, bounded)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
                              jobs=jobs, adjust=adjust, **inputs))

@@ -158,7 +158,8 @@ def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path, jobs: 
     # the model name becomes a header line: one line of printable text
     meta = {"model": one_line(inputs.path.name), **meta, "target": settings.target,
             "algorithm": settings.algorithm, "scheme": settings.scheme,
-            "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {})}
+            "bits": settings.bits, **({"compat": settings.compat} if settings.compat else {}),
+            "bounded": settings.bounded}
     return Table(as_float32(params), {key: str(value) for key, value in meta.items()})
 
 
