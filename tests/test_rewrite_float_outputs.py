@@ -88,3 +88,95 @@ def test_no_node_output_is_left_unread():
         read = {o.name for o in graph.output} | {name for node in graph.node for name in node.input}
         unread = [node.name or node.op_type for node in graph.node if not any(o in read for o in node.output)]
         assert unread == [], (fmt, unread)
+
+
+def _sqnr(ref, got):
+    return 10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((ref - got).astype(np.float64) ** 2).sum())
+
+
+def test_output_behind_a_trailing_reshape_stays_float():
+    """Gemm -> Reshape -> output (an opset upgrade or a flatten adds such a Reshape). The Gemm shares the
+    output's parameters; when those clip (an ACIQ range, here a third of the logits' range) the logits were
+    requantized and clipped before the Reshape. Outputs stay float: the Gemm computes in float from int8 inputs,
+    the Reshape runs in float, and no logit is clipped."""
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(6, 10)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["g"], name="fc"),
+             helper.make_node("Reshape", ["g", "shape"], ["y"], name="reshape")]
+    model = make_model(nodes, [tensor_info("x", [4, 6])], [tensor_info("y", [4, 10, 1])],
+                       [init("w", w), init("shape", np.array([4, 10, 1], np.int64))])
+    feeds = {"x": rng.normal(size=(4, 6)).astype(np.float32)}
+    table = calibrate(model, [feeds])
+    clipped = table["y"].__class__(table["y"].scale / 3, table["y"].zero_point)  # an ACIQ-like clip
+    table = {**table, "g": clipped, "y": clipped}
+    result = convert(model, table, int8_outputs=False)
+    producers = {o: n.op_type for n in result.model.graph.node for o in n.output}
+    assert producers["y"] == "Reshape" and "g_quantized" not in producers and "y_quantized" not in producers
+    assert ("reshape", "Reshape", "carries a model output, which stays float") in result.kept_fp32
+    assert next(op for op in result.quantized if op.node == "fc").float_output
+    ref = (feeds["x"] @ w).reshape(4, 10, 1)
+    got = run_q(result.model, feeds)[0]
+    assert np.abs(got).max() > clipped.scale * 127 * 1.5  # beyond the clip: not requantized
+    # the only error left is the int8 input and weights: x and w each rounded to half a step
+    s_x = table["x"].scale
+    s_w = np.abs(w).max(axis=0) / 127
+    bound = (s_x / 2 * np.abs(w).sum(axis=0) + s_w / 2 * 6 * np.abs(feeds["x"]).max()).max()
+    assert np.abs(got - ref).max() <= bound * 1.01
+
+
+def _yolo_head():
+    """A YOLO-style head at two levels: Conv -> 4 box channels (Sigmoid x 640: pixels) and 3 class channels
+    (Sigmoid: scores in [0, 1]) -> Concat per level -> Reshape -> Concat of the levels -> output [1, 7, N]."""
+    rng = np.random.default_rng(9)
+    nodes, inits, level_outputs = [], [], []
+    for k, size in enumerate((8, 4)):
+        src = "x" if k == 0 else "pool"
+        if k == 1:
+            nodes.append(helper.make_node("MaxPool", ["feat0"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]))
+        nodes += [
+            helper.make_node("Conv", [src, f"w{k}", f"b{k}"], [f"feat{k}"], name=f"stem{k}",
+                             pads=[1, 1, 1, 1] if k == 0 else [0, 0, 0, 0]),
+            helper.make_node("Conv", [f"feat{k}", f"hb{k}"], [f"box_raw{k}"], name=f"box{k}"),
+            helper.make_node("Sigmoid", [f"box_raw{k}"], [f"box_sig{k}"], name=f"box_sigmoid{k}"),
+            helper.make_node("Mul", [f"box_sig{k}", "pixels"], [f"box{k}_px"], name=f"box_scale{k}"),
+            helper.make_node("Conv", [f"feat{k}", f"hc{k}"], [f"cls_raw{k}"], name=f"cls{k}"),
+            helper.make_node("Sigmoid", [f"cls_raw{k}"], [f"cls{k}"], name=f"cls_sigmoid{k}"),
+            helper.make_node("Concat", [f"box{k}_px", f"cls{k}"], [f"level{k}"], axis=1, name=f"level_cat{k}"),
+            helper.make_node("Reshape", [f"level{k}", f"shape{k}"], [f"flat{k}"], name=f"flatten{k}"),
+        ]
+        cin = 3 if k == 0 else 8
+        inits += [init(f"w{k}", rng.normal(0, 0.5, size=(8, cin, 3 if k == 0 else 1, 3 if k == 0 else 1))
+                       .astype(np.float32)),
+                  init(f"b{k}", rng.normal(size=8).astype(np.float32)),
+                  init(f"hb{k}", rng.normal(0, 0.3, size=(4, 8, 1, 1)).astype(np.float32)),
+                  init(f"hc{k}", rng.normal(0, 0.3, size=(3, 8, 1, 1)).astype(np.float32)),
+                  init(f"shape{k}", np.array([1, 7, size * size], np.int64))]
+        level_outputs.append(f"flat{k}")
+    nodes.append(helper.make_node("Concat", level_outputs, ["y"], axis=2, name="levels"))
+    inits.append(init("pixels", np.array(640.0, np.float32)))
+    return make_model(nodes, [tensor_info("x", [1, 3, 8, 8])], [tensor_info("y", [1, 7, 80])], inits)
+
+
+def test_yolo_head_concat_of_pixels_and_scores_keeps_the_scores():
+    """Box coordinates in pixels (0..640) and scores in [0, 1] concatenated into one tensor cannot share one
+    int8 scale (640/255 = 2.5 per step: every score would be 0 or 2.5). The concatenations stay float and
+    each input keeps its own int8 scale, so scores and boxes both keep the SQNR of the int8 convs before them."""
+    model = _yolo_head()
+    rng = np.random.default_rng(10)
+    feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(6)]
+    table = calibrate(model, feeds)
+    for fmt in ("qdq", "qoperator"):
+        result = convert(model, table, fmt=fmt)
+        kept = {name: reason for name, _, reason in result.kept_fp32}
+        assert "flatten0" in kept and "ranges" in kept["flatten0"], kept
+        cats = [n for n in result.model.graph.node if n.op_type == "Concat"]
+        produced = {o: n.op_type for n in result.model.graph.node for o in n.output}
+        for cat in cats[:2]:  # the level concatenations read int8 inputs, each dequantized with its own scale
+            assert all(produced[x] == "DequantizeLinear" for x in cat.input), (fmt, list(cat.input))
+        for f in feeds:
+            ref = run(model, f)[0]
+            got = run_q(result.model, f)[0]
+            scores, boxes = ref[:, 4:], ref[:, :4]
+            # a shared scale of 640/255 would make every score 0 or 2.5; here the error is the upstream convs'
+            assert np.abs(got[:, 4:] - scores).max() < 0.05, fmt
+            assert _sqnr(scores, got[:, 4:]) > 25 and _sqnr(boxes, got[:, :4]) > 25, fmt

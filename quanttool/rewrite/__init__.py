@@ -39,7 +39,7 @@ from ..table import Table
 from ..targets import TARGETS, Target
 from .builder import Builder
 from .params import hardware_params, tensor_shapes
-from .plan import QuantizedOp, all_tensor_names, make_plan, validate_table
+from .plan import QuantizedOp, all_tensor_names, float_tails, make_plan, validate_table
 from .qdq import emit_qdq
 from .qoperator import emit_qoperator
 
@@ -105,7 +105,8 @@ def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", ex
     qset = set(plan.qtensors)
     # only outputs no other node reads: an output that also feeds further ops stays quantized for them
     read = {name for node in plan.graph.node for name in node.input}
-    float_outputs = set() if int8_outputs else qset & {o.name for o in plan.graph.output} - read
+    float_outputs = set() if int8_outputs else float_tails(plan, qset & {o.name for o in plan.graph.output} - read)
+    float_outputs |= plan.float_outputs
     qset -= float_outputs
     opset = default_opset(model)
     for x in plan.qtensors:

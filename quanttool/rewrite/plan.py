@@ -6,6 +6,7 @@ Nothing here edits the graph; `qdq.py` and `qoperator.py` write what the plan sa
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,9 @@ PASS_THROUGH = ops_where(kind="move")
 WEIGHT_OPS = ops_where(weight=True)
 # Ops whose constant operands are quantized per-tensor (they have no table entry).
 CONST_OPERAND_OPS = ops_where(const_operands=True)
+# A Concat whose inputs' ranges differ by this factor or more cannot share one int8 scale: a detection head's
+# box coordinates in pixels (0..640) next to scores in [0, 1] would leave the scores 0 or 1 step.
+MIXED_RANGE_RATIO = 32.0
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Plan:
     absorbed: dict[int, int]  # Relu/Clip node index -> index of the group that absorbs it
     qtensors: list[str]  # quantized activation tensors, in graph order
     kept: list[tuple[str, str, str]]
+    float_outputs: set[str] = field(default_factory=set)  # outputs of quantized ops that stay float (mixed ranges)
 
 
 def node_names(graph: onnx.GraphProto) -> list[str]:
@@ -129,6 +134,35 @@ def _float_islands(graph: onnx.GraphProto, groups: dict, consumers: dict[str, li
                 islands.append(i)
                 changed = True
     return islands
+
+
+def _magnitude(table: dict, name: str) -> float | None:
+    """The largest |value| the table's int8 grid represents for `name`."""
+    qp = _qparam(table, name)
+    if qp is None:
+        return None
+    return max(abs(-128 - qp.zero_point), abs(127 - qp.zero_point)) * qp.scale
+
+
+def mixed_range_tensors(graph: onnx.GraphProto, table: dict) -> dict[str, float]:
+    """Concat outputs whose activation inputs' ranges differ by MIXED_RANGE_RATIO or more, and every tensor that
+    carries them on through data movement or further Concats: tensor -> range ratio. One int8 scale for such a
+    tensor keeps the large part and rounds the small part away, so it stays float; its inputs keep their own
+    scales (the runtime dequantizes each before the float Concat)."""
+    mixed: dict[str, float] = {}
+    for node in graph.node:
+        if not node.output:
+            continue
+        carried = [mixed[x] for x in node.input if x in mixed]
+        if node.op_type == "Concat":
+            sizes = [m for m in (_magnitude(table, x) for x in node.input if x and x not in mixed) if m]
+            ratio = max(sizes) / min(sizes) if len(sizes) >= 2 else 0.0
+            if ratio >= MIXED_RANGE_RATIO or carried:
+                mixed[node.output[0]] = max([ratio] + carried)
+        elif node.op_type in PASS_THROUGH and node.input and node.input[0] in mixed:
+            for out in node.output:
+                mixed[out] = mixed[node.input[0]]
+    return mixed
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -254,6 +288,23 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), target: Target | 
     for i in _float_islands(graph, groups, consumers):
         del groups[i]
         reasons[i] = "between float ops only: int8 would add rounding and no int8 compute"
+    mixed = mixed_range_tensors(graph, table)
+    float_outputs: set[str] = set()
+    for i, group in list(groups.items()):
+        read = [x for x in group.act_inputs if x in mixed]
+        if group.op_type == "Concat" and group.outputs and group.outputs[0] in mixed:
+            group.act_inputs = [x for x in group.act_inputs if x not in mixed]
+            if group.act_inputs:  # int8 inputs, each with its own scale; the concatenation itself in float
+                float_outputs.add(group.outputs[0])
+                continue
+            read = [group.outputs[0]]
+        if read:
+            del groups[i]
+    for i, node in enumerate(graph.node):
+        carried = [x for x in list(node.input) + list(node.output[:1]) if x in mixed]
+        if carried and i not in groups:
+            reasons[i] = (f"'{carried[0]}' concatenates ranges {mixed[carried[0]]:.0f}x apart (one int8 scale "
+                          f"would round the small values away)")
 
     absorbed: dict[int, int] = {}
     for i, group in groups.items():
@@ -273,7 +324,7 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), target: Target | 
     for group in groups.values():
         qset.update(group.act_inputs)
         if not target.inputs_only:
-            qset.update(group.outputs)
+            qset.update(o for o in group.outputs if o not in float_outputs)
     if target.inputs_only:
         qset -= _fused_residuals(graph, groups, consumers, graph_outputs)
     for i, node in enumerate(graph.node):  # topological order, so one pass reaches the fixpoint
@@ -309,7 +360,30 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), target: Target | 
         )
         kept.append((names[i], node.op_type, reason))
     return Plan(graph, names, constants, graph_inputs, graph_outputs, dict(sorted(groups.items())), absorbed,
-                qtensors, kept)
+                qtensors, kept, float_outputs)
+
+
+def float_tails(plan: Plan, outputs: set[str]) -> set[str]:
+    """`outputs` (graph outputs computed in float) plus the tensors behind them through pass-through ops: a
+    Gemm -> Reshape -> output must compute the Gemm in float too, or it is requantized with the output's range
+    first (clipped under ACIQ) and the promise that outputs stay float is broken. The pass-through ops on the
+    way leave the plan (they run in float) and are listed as kept fp32."""
+    producer = {o: i for i, node in enumerate(plan.graph.node) for o in node.output}
+    readers = Counter(name for node in plan.graph.node for name in node.input)
+    floats, todo = set(outputs), list(outputs)
+    while todo:
+        i = producer.get(todo.pop())
+        group = plan.groups.get(i)
+        if group is None or group.kind != "pass" or len(group.outputs) != 1:
+            continue
+        data = group.act_inputs[0]
+        if readers[data] != 1 or data in plan.graph_inputs or data in plan.graph_outputs:
+            continue
+        del plan.groups[i]
+        plan.kept.append((group.name, group.op_type, "carries a model output, which stays float"))
+        floats.add(data)
+        todo.append(data)
+    return floats
 
 
 def _fused_residuals(graph: onnx.GraphProto, groups: dict, consumers: dict[str, list[int]],
