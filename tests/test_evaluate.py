@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 from quanttool.errors import QuantError
-from quanttool.evaluate import evaluate, read_labels, render_text, to_json, write_html
+from quanttool.evaluate import EvalReport, evaluate, read_labels, render_text, to_json, write_html
 from quanttool.evaluate.report_html import PLOT_HINT
 from quanttool.qparams import QParam, qrange
 from quanttool.rewrite import convert
@@ -359,3 +359,56 @@ def test_data_dependent_output_shapes_are_skipped_with_a_note():
     far_int8 = run_int8(result.model, samples[1][1])[0]
     out = next(o for o in report.outputs if o.name == "y")
     assert math.isfinite(out.sqnr_db) and out.sqnr_db == pytest.approx(sqnr(far_fp32, far_int8), abs=1e-6)
+
+
+def _db(signal, noise):
+    return 10 * np.log10(signal / noise)
+
+
+def test_mixed_range_output_is_measured_per_part():
+    """A YOLO-style output [1, 6, 50]: rows 0-1 box coordinates in pixels, rows 2-5 scores in [0, 1]. A dead
+    model (scores all 0, boxes exact) has the better whole-tensor SQNR than a working one (boxes off by ~2 px,
+    scores by ~0.01), because the pixels dominate the sums. Per part, the dead model's scores are at 0 dB and
+    the worst part ranks the two the right way round."""
+    from quanttool.evaluate.run import _Output
+
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 640, (1, 2, 50)), rng.uniform(0, 1, (1, 4, 50))], axis=1).astype(np.float32)
+    working = ref + np.concatenate([rng.normal(0, 2, (1, 2, 50)), rng.normal(0, 0.01, (1, 4, 50))], axis=1)
+    working = working.astype(np.float32)
+    dead = ref.copy()
+    dead[:, 2:] = 0
+    reports = {}
+    for name, q in (("working", working), ("dead", dead)):
+        out = _Output(name)
+        out.fold(ref, q)
+        reports[name] = out.report()
+    r64, w64 = ref.astype(np.float64), working.astype(np.float64)
+    box2, score2 = (r64[:, :2] ** 2).sum(), (r64[:, 2:] ** 2).sum()
+    w_box, w_score = ((r64 - w64)[:, :2] ** 2).sum(), ((r64 - w64)[:, 2:] ** 2).sum()
+    work, dead_r = reports["working"], reports["dead"]
+    assert work.sqnr_db == pytest.approx(_db(box2 + score2, w_box + w_score), abs=1e-3)
+    assert dead_r.sqnr_db == pytest.approx(_db(box2 + score2, score2), abs=1e-3)
+    assert dead_r.sqnr_db > work.sqnr_db  # the whole-tensor SQNR is fooled
+    assert [(p.axis, p.channels) for p in work.parts] == [(1, "0-1"), (1, "2-5")]
+    assert work.parts[0].sqnr_db == pytest.approx(_db(box2, w_box), abs=1e-3)
+    assert work.parts[1].sqnr_db == pytest.approx(_db(score2, w_score), abs=1e-3)
+    assert dead_r.parts[1].sqnr_db == pytest.approx(0.0, abs=1e-6)  # scores all lost: noise = signal
+    assert work.worst_sqnr_db == pytest.approx(min(_db(box2, w_box), _db(score2, w_score)), abs=1e-3)
+    assert work.worst_sqnr_db > dead_r.worst_sqnr_db + 20
+    text = render_text(EvalReport([], [work], 1))
+    assert "mixed ranges along axis 1" in text and "[2-5]" in text
+
+
+def test_one_dead_class_does_not_split_an_output():
+    """A class that never fires (max probability 1e-6 next to 0.5) is not a range part: the small side must hold
+    at least 5% of the channels, so a classifier's output keeps one SQNR."""
+    from quanttool.evaluate.run import _Output
+
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(0.01, 0.5, (8, 40)).astype(np.float32)
+    ref[:, 7] = 1e-6
+    out = _Output("probs")
+    out.fold(ref, ref + np.float32(1e-3))
+    report = out.report()
+    assert report.parts == [] and report.worst_sqnr_db == report.sqnr_db

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .parts import OutputPart
+
 
 @dataclass
 class LayerReport:
@@ -37,6 +39,12 @@ class OutputReport:
     sqnr_db: float
     max_abs_error: float
     top1_agreement: float | None       # class vectors [N, C], C > 1: fraction of rows with the same argmax
+    parts: list[OutputPart] = field(default_factory=list)  # mixed ranges (parts.py): SQNR of each part
+
+    @property
+    def worst_sqnr_db(self) -> float:
+        """The SQNR decisions use: the worst part's when the output mixes ranges, else the whole output's."""
+        return min([self.sqnr_db] + [part.sqnr_db for part in self.parts]) if self.parts else self.sqnr_db
 
 
 @dataclass
@@ -74,6 +82,9 @@ def to_json(report: EvalReport) -> dict:
     outputs = [{
         "name": out.name, "cosine": out.cosine, "sqnr_db": finite(out.sqnr_db),
         "max_abs_error": out.max_abs_error, "top1_agreement": out.top1_agreement,
+        "worst_sqnr_db": finite(out.worst_sqnr_db),
+        "parts": [{"axis": p.axis, "channels": p.channels, "max_abs": p.max_abs, "sqnr_db": finite(p.sqnr_db)}
+                  for p in out.parts],
     } for out in report.outputs]
     data = {"images": report.images, "layers": layers, "outputs": outputs, "notes": list(report.notes)}
     if report.accuracy is not None:

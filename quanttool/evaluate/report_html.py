@@ -104,6 +104,11 @@ def _histogram_plot(Figure, layer: LayerReport, st) -> str | None:
     return _png(fig)
 
 
+def _parts(out) -> str:
+    return html.escape("; ".join(f"axis {p.axis} [{p.channels}] max {p.max_abs:.3g}: {fmt_db(p.sqnr_db)} dB"
+                                 for p in out.parts))
+
+
 def _layer_rows(report: EvalReport) -> list[str]:
     rows = []
     for rank, lay in enumerate(report.layers, start=1):
@@ -127,11 +132,12 @@ def render_html(report: EvalReport, stats: dict | None = None) -> str:
              f"&Sigma;(ref &minus; int8)&sup2;) over all images. <b>Isolated</b>: only this layer quantized, fp32 "
              f"inputs. <b>Accumulated</b>: the whole int8 model.</p>"]
     parts.append("<h2>Outputs</h2><table><tr><th>output</th><th>cosine</th><th>SQNR dB</th><th>max |error|</th>"
-                 "<th>top-1 agreement</th></tr>")
+                 "<th>top-1 agreement</th><th>SQNR per part (mixed ranges)</th></tr>")
     for out in report.outputs:
         agree = "-" if out.top1_agreement is None else f"{out.top1_agreement * 100:.2f}%"
         parts.append(f'<tr><td class="l">{html.escape(out.name)}</td><td>{fmt_cos(out.cosine)}</td>'
-                     f"<td>{fmt_db(out.sqnr_db)}</td><td>{out.max_abs_error:.4g}</td><td>{agree}</td></tr>")
+                     f"<td>{fmt_db(out.sqnr_db)}</td><td>{out.max_abs_error:.4g}</td><td>{agree}</td>"
+                     f'<td class="l">{_parts(out)}</td></tr>')
     parts.append("</table>")
     if report.accuracy is not None:
         acc = report.accuracy

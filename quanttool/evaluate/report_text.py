@@ -44,6 +44,10 @@ def render_text(report: EvalReport, top: int = 15) -> str:
         agree = "" if out.top1_agreement is None else f"  top-1 agreement {out.top1_agreement * 100:.2f}%"
         lines.append(f"  {out.name}: cosine {fmt_cos(out.cosine)}  SQNR {fmt_db(out.sqnr_db)} dB  "
                      f"max |error| {out.max_abs_error:.4g}{agree}")
+        if out.parts:
+            lines.append(f"    mixed ranges along axis {out.parts[0].axis}, measured per part (the whole-tensor SQNR "
+                         f"is the large part's): " + "; ".join(
+                             f"[{p.channels}] max {p.max_abs:.3g}: SQNR {fmt_db(p.sqnr_db)} dB" for p in out.parts))
     if report.accuracy is not None:
         acc = report.accuracy
         lines.append(f"accuracy ({acc.output}, {acc.labeled} labeled images): fp32 {acc.fp32 * 100:.2f}%  "

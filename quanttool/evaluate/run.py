@@ -42,6 +42,7 @@ from ..rewrite.plan import QuantizedOp
 from ..runtime import session, with_outputs
 from . import isolated
 from .metrics import ChannelSimilarity, Similarity, clipped_count
+from .parts import ChannelSums
 from .report import Accuracy, EvalReport, LayerReport, OutputReport
 
 PER_CHANNEL_OPS = ops_where(channels_out=True)
@@ -164,12 +165,14 @@ class _Output:
         self.agree = 0
         self.is_class = True
         self.mismatched = 0  # images where the shapes differ (data-dependent outputs, e.g. after NMS)
+        self.channels = ChannelSums()
 
     def fold(self, ref: np.ndarray, q: np.ndarray) -> None:
         if ref.shape != q.shape:
             self.mismatched += 1
             return
         self.sim.update(ref, q, track_max=True)
+        self.channels.update(ref, q)
         self.is_class = self.is_class and is_class_vector(ref)
         if self.is_class:
             self.rows += ref.shape[0]
@@ -177,7 +180,7 @@ class _Output:
 
     def report(self) -> OutputReport:
         return OutputReport(self.name, self.sim.cosine, self.sim.sqnr_db, self.sim.max_abs,
-                            self.agree / self.rows if self.is_class and self.rows else None)
+                            self.agree / self.rows if self.is_class and self.rows else None, self.channels.parts())
 
 
 def is_class_vector(value: np.ndarray) -> bool:
