@@ -121,6 +121,25 @@ def _version(ctx, _param, value):
     ctx.exit()
 
 
+def trust_options(func):
+    """convert's self-check and automatic float fallback (README, "Checking and fixing the int8 model")."""
+    options = [
+        click.option("--check-images", type=click.IntRange(min=0), default=32, show_default=True, metavar="N",
+                     help="After writing, compare int8 with fp32 on N images not used for calibration (when there "
+                          "are enough) and warn below --check-floor. 0: off. Needs -i."),
+        click.option("--check-floor", type=float, default=20.0, show_default=True, metavar="DB",
+                     help="Output SQNR below which the check warns (the worst part of a mixed-range output)."),
+        click.option("--target-sqnr", type=float, default=None, metavar="DB",
+                     help="Keep the most harmful layers float, greedily, until every output reaches DB dB on the "
+                          "check's images. Needs -i."),
+        click.option("--max-fp32-ops", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="At most N layers kept float by the fallback; alone: the best SQNR with at most N."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version and whether the C statistics kernel is in use, then exit.")
@@ -135,6 +154,7 @@ def cli(ctx, debug):
     convert      fp32 model + table (or images) -> int8 ONNX model
     evaluate     where the accuracy goes, layer by layer and at the outputs
     simulate     the int8 model integer-only from --params, compared with onnxruntime
+    sensitivity  which layers break the output (only this layer int8 / all but this layer)
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -269,9 +289,10 @@ def merge_stats(parts, output):
                    "scales, zero points, int32 bias, m0 and shift, rounding, clamp, pad values, divisors, lookup "
                    "tables (README, '--params JSON'); `quanttool simulate` runs from it.")
 @weight_options
+@trust_options
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, target, scheme,
             percentile, compat, bounded, stats_path, jobs, equalize, bias_correct, weight_clip, adaround, adjust_time,
-            **inputs):
+            check_images, check_floor, target_sqnr, max_fp32_ops, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     from .adjust import Adjust
 
@@ -292,7 +313,37 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name, bounded)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
-                             jobs=jobs, adjust=adjust, **inputs))
+                             jobs=jobs, adjust=adjust, check_images=check_images, check_floor=check_floor,
+                             target_sqnr=target_sqnr, max_fp32_ops=max_fp32_ops, **inputs))
+
+
+@cli.command()
+@model_option
+@click.option("-f", "--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Existing .scale table; calibration is skipped.")
+@input_options
+@calibration_options
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OPTYPE",
+              help="Keep this node (by name) or every node of this op type in fp32 while measuring. Repeatable.")
+@click.option("--measure-images", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
+              help="Images the measurement runs on (held out from calibration when there are enough).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the ranking as JSON.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the ranking as a self-contained HTML file.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
+              help="How many layers the terminal table shows.")
+def sensitivity(model, table, exclude, measure_images, json_path, report_path, top, algorithm, scheme, percentile,
+                compat, bounded, stats_path, **inputs):
+    """Which layers break the output: output SQNR with only this layer int8, and with all but this layer."""
+    if not inputs["images"]:
+        raise UsageError("sensitivity needs images: -i DIR")
+    from .commands import sensitivity_model
+
+    settings = _settings(algorithm, scheme, 8, percentile, compat, bounded)
+    click.echo(sensitivity_model(model, table, settings, exclude=exclude, json_path=json_path,
+                                 report_path=report_path, top=top, measure_images=measure_images,
+                                 stats_path=stats_path, **inputs))
 
 
 @cli.command()

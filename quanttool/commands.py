@@ -347,7 +347,9 @@ def read_recipe(model, path: Path) -> dict:
 
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
                   exclude: Sequence[str], params_path: Path | None, weight_bits: int = 8,
-                  int8_outputs: bool = False, stats_path=None, jobs: int = 1, adjust=None, **options) -> str:
+                  int8_outputs: bool = False, stats_path=None, jobs: int = 1, adjust=None, check_images: int = 0,
+                  check_floor: float = 20.0, target_sqnr: float | None = None, max_fp32_ops: int | None = None,
+                  **options) -> str:
     from .adjust import Adjust
     from .rewrite import convert, hardware_params
 
@@ -364,6 +366,16 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     params = loaded.params
     if adjust.needs_data:
         dynamic = _adjusted(inputs, dynamic, static, params, adjust, exclude, weight_bits)
+    fallback = None
+    if target_sqnr is not None or max_fp32_ops is not None:
+        if static is None:
+            raise UsageError("--target-sqnr and --max-fp32-ops measure on images: calibrate with -i DIR instead of -f")
+        from .fallback import choose
+
+        fallback = choose(static, params, inputs, exclude=exclude, weight_bits=weight_bits,
+                          int8_outputs=int8_outputs, target=TARGETS[settings.target], target_db=target_sqnr,
+                          max_float=max_fp32_ops, images=check_images)
+        exclude = tuple(exclude) + tuple(layer.name for layer in fallback.kept)
     result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
                      target=TARGETS[settings.target])
     made = {"target": settings.target, "quanttool_version": __version__,
@@ -389,6 +401,13 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     if result.bias_raised:
         text += (f"; weight scale raised on {sum(result.bias_raised.values())} channels of "
                  f"{len(result.bias_raised)} ops so their int32 bias fits")
+    if fallback is not None:
+        text += "\n" + fallback.summary()
+    if check_images and static is not None:
+        from .check import run_check, summarize
+
+        report, independent = run_check(static, result.model, params, result.quantized, inputs, check_images)
+        text += "\n" + summarize(report, independent, check_floor)
     return text
 
 
@@ -428,6 +447,36 @@ def _adjusted(inputs: Inputs, dynamic, static, params: dict, adjust, exclude, we
                                                           threads=max(1, inputs.threads), report=LoadReport()),
                              len(samples), adjust, exclude=exclude, bits=weight_bits, threads=inputs.threads)
     return apply_changes(dynamic, changes)
+
+
+def sensitivity_model(model: Path, table: Path | None, settings: Settings, *, exclude: Sequence[str],
+                      json_path: Path | None, report_path: Path | None, top: int, measure_images: int,
+                      weight_bits: int = 8, int8_outputs: bool = False, stats_path=None, **options) -> str:
+    from . import sensitivity as sens
+    from .check import check_samples, describe_slice
+    from .inputs import discover, iter_samples
+    from .variants import Simulator
+
+    inputs = Inputs(model, **options)
+    _check_outputs(inputs, [table], json=json_path, report=report_path, stats=stats_path)
+    static = inputs.static()
+    if table is not None:
+        params = _load_table(table, inputs.sha).params
+        samples, independent = discover(inputs.roots, measure_images), None
+    else:
+        params = _calibrated(inputs, static, settings, stats_path).params
+        samples, independent = check_samples(inputs, measure_images)
+    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
+    report = sens.sensitivity(sim, iter_samples(samples, inputs.specs, inputs.pp, threads=max(1, inputs.threads)),
+                              len(samples), threads=inputs.threads)
+    if independent is not None:
+        report.notes.append(f"measured on {describe_slice(report.images, independent)}")
+    if json_path is not None:
+        with atomic_open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(sens.to_json(report), handle, indent=1)
+    if report_path is not None:
+        sens.write_html(report, report_path)
+    return sens.render_text(report, top=top)
 
 
 def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, fmt: str, labels: Path | None,
@@ -504,7 +553,7 @@ def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: 
     from dataclasses import asdict
 
     from .inputs import LoadReport, discover, iter_samples
-    from .simulate import compare, render
+    from .variants import compare, render
 
     inputs = Inputs(model, **options)
     _check_outputs(inputs, [params_path], json=json_path)

@@ -119,6 +119,24 @@ class Builder:
         out = self.deq(x) if self.is_output(x) else self.claim(self.deq(x))
         self.add_node("DequantizeLinear", [f"{x}_quantized", scale, zp], [out], f"{x}_DequantizeLinear")
 
+    def float_view(self, x: str, axis: int, channels: int) -> str:
+        """X dequantized with its one scale repeated per channel along `axis`, for a Conv/ConvTranspose/Gemm that
+        stays float. onnxruntime's WeightBiasQuantization quantizes the float weights of such an op (per tensor,
+        to int8) whenever its input comes from a per-tensor DequantizeLinear, so an excluded Conv would run int8
+        after all, with one scale for all its channels. A per-channel DequantizeLinear gives the same values and
+        does not match that pattern."""
+        out = f"{x}_dequantized_per_channel"
+        if out not in self.made:
+            qp = self.qp(x)
+            scale = self.unique(f"{x}_scale_per_channel")
+            zp = self.unique(f"{x}_zero_point_per_channel")
+            self.add_init(scale, np.full(channels, qp.scale, dtype=np.float32))
+            self.add_init(zp, np.full(channels, int(qp.zero_point), dtype=np.int8))
+            self.add_node("DequantizeLinear", [f"{x}_quantized", scale, zp], [self.claim(out)],
+                          f"{out}_DequantizeLinear", axis=axis)
+            self.made.add(out)
+        return out
+
     def weight(self, group: Group) -> WeightQ:
         """The int8 weight, its channel scales raised where the bias would not fit int32 at s_in * s_w. Also when
         the bias stays float: runtimes quantize it that way themselves (onnxruntime's WeightBiasQuantization

@@ -22,6 +22,22 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def _float_weight_view(plan, node: onnx.NodeProto) -> tuple[int, int] | None:
+    """(axis, channels) of the input of a float Conv/ConvTranspose/Gemm with a constant weight (Builder.float_view
+    says why it needs one), or None."""
+    w = plan.constants.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or w.ndim < 2:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return 1, w.shape[1] * int(attrs.get("group", 1))
+    if node.op_type == "ConvTranspose":
+        return 1, w.shape[0]
+    if node.op_type == "Gemm":
+        return (0 if attrs.get("transA", 0) else 1), w.shape[1 if attrs.get("transB", 0) else 0]
+    return None
+
+
 def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
     plan = b.plan
     node = plan.graph.node[i]
@@ -54,6 +70,10 @@ def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
             stored[name] = cq.names
             inputs = [b.dequantized(cq) if x == name else x for x in inputs]
     inputs = [b.deq(x) if x in qset else x for x in inputs]
+    if group is None and node.input and node.input[0] in qset:
+        view = _float_weight_view(plan, node)
+        if view is not None:
+            inputs[0] = b.float_view(node.input[0], *view)
     del new.input[:]
     new.input.extend(inputs)
     for sub in subgraphs(new):  # If/Loop bodies read quantized outer activations like any float consumer

@@ -1,0 +1,126 @@
+"""convert's fallback (--target-sqnr) and self-check on a model with a planted culprit layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from quanttool.calibrate import Settings
+from quanttool.commands import convert_model
+from quanttool.rewrite import convert
+from tests.helpers import init, make_model, run, run_int8, tensor_info
+from tests.test_rewrite_common import calibrate
+
+OPTIONS = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False, threads=0)
+
+
+def _db(ref, got):
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    return 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+
+
+def _model():
+    """Four 3x3 convs with ReLU. The planted culprit c2 has, in every output channel, one weight 100x the others,
+    on an input channel that is always 0 (c1's channel 0 has bias -100, so its ReLU output is 0): the weight sets
+    the channel's int8 scale but never contributes, and the weights that do round to 0 or +-1 step."""
+    rng = np.random.default_rng(0)
+    nodes, inits, src = [], [], "x"
+    for k in range(4):
+        w = rng.normal(0, 0.3, size=(6, 3 if k == 0 else 6, 3, 3)).astype(np.float32)
+        b = rng.normal(0, 0.1, size=6).astype(np.float32)
+        if k == 1:
+            b[0] = -100.0
+        if k == 2:
+            w[:, 0, 0, 0] = 30.0
+        inits += [init(f"w{k}", w), init(f"b{k}", b)]
+        out = "y" if k == 3 else f"r{k}"
+        nodes.append(helper.make_node("Conv", [src, f"w{k}", f"b{k}"], [f"c{k}" if k < 3 else out], name=f"c{k}",
+                                      pads=[1, 1, 1, 1]))
+        if k < 3:
+            nodes.append(helper.make_node("Relu", [f"c{k}"], [out], name=f"relu{k}"))
+        src = out
+    return make_model(nodes, [tensor_info("x", [1, 3, 8, 8])], [tensor_info("y", [1, 6, 8, 8])], inits)
+
+
+def _setup(tmp_path, count=40):
+    model = _model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(3, 8, 8)).astype(np.float32) for _ in range(count)]
+    for i, x in enumerate(xs):
+        np.save(folder / f"{i:03d}.npy", x)
+    return model, path, folder, xs
+
+
+def test_fallback_keeps_the_planted_culprit_float(tmp_path):
+    """The culprit is real (excluding c2 by hand gains > 10 dB in onnxruntime); with a target just below what
+    excluding it gives, the search keeps exactly c2 float, and the written model reaches the target on the
+    held-out images when onnxruntime runs it."""
+    model, path, folder, xs = _setup(tmp_path)
+    calib = [{"x": xs[i * 5][None]} for i in range(8)]  # convert's --max-images 8 picks every 5th of 40
+    held = [{"x": x[None]} for i, x in enumerate(xs) if i % 5]
+    table = calibrate(model, calib)
+    ref = np.concatenate([run(model, f)[0] for f in held])
+
+    def real_db(int8_model):
+        return _db(ref, np.concatenate([run_int8(int8_model, f)[0] for f in held]))
+
+    all_int8 = real_db(convert(model, table).model)
+    without_c2 = real_db(convert(model, table, exclude=["c2"]).model)
+    assert without_c2 > all_int8 + 10
+    target = without_c2 - 1.0
+    out = tmp_path / "q.onnx"
+    text = convert_model(path, out, None, Settings("minmax"), fmt="qdq", exclude=(), params_path=None,
+                         images=[str(folder)], max_images=8, check_images=32, target_sqnr=target, **OPTIONS)
+    assert "kept float c2 (1 of 4 quantizable layers" in text
+    assert "check on 32 held-out images" in text
+    q = onnx.load(str(out))
+    conv2 = next(n for n in q.graph.node if n.name == "c2")
+    assert conv2.input[1] == "w2"  # float weights: not behind a DequantizeLinear
+    assert real_db(q) >= target
+
+
+def test_check_warns_below_the_floor_and_names_the_culprit(tmp_path, capsys):
+    model, path, folder, xs = _setup(tmp_path, count=20)
+    text = convert_model(path, tmp_path / "q.onnx", None, Settings("minmax"), fmt="qdq", exclude=(),
+                         params_path=None, images=[str(folder)], max_images=8, check_images=12, check_floor=60.0,
+                         **OPTIONS)
+    err = capsys.readouterr().err
+    assert "check on 12 held-out images" in text
+    assert "below the 60 dB floor" in err and "worst layers by isolated SQNR: c2 (" in err
+    assert "--target-sqnr 60" in err
+
+
+def test_check_says_when_it_reuses_calibration_images(tmp_path):
+    model, path, folder, xs = _setup(tmp_path, count=10)
+    text = convert_model(path, tmp_path / "q.onnx", None, Settings("minmax"), fmt="qdq", exclude=(),
+                         params_path=None, images=[str(folder)], max_images=None, check_images=4, **OPTIONS)
+    assert "check on 4 images, the calibration images among them" in text
+
+
+def test_an_excluded_conv_stays_float_in_onnxruntime():
+    """onnxruntime quantizes the float weights of a Conv per tensor when its input comes from a per-tensor
+    DequantizeLinear (its WeightBiasQuantization pass), so an excluded Conv after an int8 one ran int8 after all:
+    on c2, whose one large weight sets a per-tensor scale, the model lost 17 dB. The excluded Conv reads a
+    per-channel DequantizeLinear instead; its output must equal a float Conv of that same input."""
+    from tests.test_rewrite_common import run_all
+
+    model = _model()
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    table = calibrate(model, feeds)
+    q = convert(model, table, exclude=["c2"]).model
+    conv2 = next(n for n in q.graph.node if n.name == "c2")
+    weights = {t.name: t for t in model.graph.initializer}
+    lone = make_model([helper.make_node("Conv", ["a", "w2", "b2"], ["o"], pads=[1, 1, 1, 1])],
+                      [tensor_info("a", [1, 6, 8, 8])], [tensor_info("o", [1, 6, 8, 8])],
+                      [weights["w2"], weights["b2"]])
+    for f in feeds:
+        values = run_all(q, f, [conv2.input[0], "c2"])
+        expected = run(lone, {"a": values[conv2.input[0]]})[0]
+        np.testing.assert_allclose(values["c2"], expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,75 @@
+"""Sensitivity on a two-layer toy, checked against the same int8 arithmetic written out in numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from quanttool.qparams import symmetric, unsigned
+from quanttool.rewrite.weights import quantize_weight
+from quanttool.sensitivity import sensitivity
+from quanttool.variants import Simulator
+from tests.helpers import init, make_model, tensor_info
+
+
+def _fq(v, qp):
+    """QuantizeLinear then DequantizeLinear (round half to even, saturate to int8), in float32 as onnxruntime."""
+    q = np.clip(np.round(v.astype(np.float32) / np.float32(qp.scale)) + qp.zero_point, -128, 127)
+    return ((q - qp.zero_point) * np.float32(qp.scale)).astype(np.float32)
+
+
+def _conv1x1(x, w, b):
+    return np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None]
+
+
+def _int8_conv(x, w, b, s_in):
+    """A 1x1 conv as the int8 model computes it: int8 per-channel weights, int32 bias at s_in * s_w."""
+    q, s_w = quantize_weight(w, 0)
+    wq = (q.astype(np.float32) * s_w[:, None, None, None]).astype(np.float32)
+    s_b = np.float32(s_in) * s_w
+    bq = (np.round(b / s_b) * s_b).astype(np.float32)
+    return _conv1x1(x, wq, bq)
+
+
+def _db(ref, got):
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    return 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+
+
+def test_two_layer_toy_matches_a_hand_computation():
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 3, 1, 1)).astype(np.float32)
+    b1 = rng.normal(size=4).astype(np.float32)
+    w2 = rng.normal(size=(2, 4, 1, 1)).astype(np.float32)
+    b2 = rng.normal(size=2).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1"),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["y"], name="conv2")]
+    model = make_model(nodes, [tensor_info("x", [1, 3, 5, 5])], [tensor_info("y", [1, 2, 5, 5])],
+                       [init("w1", w1), init("b1", b1), init("w2", w2), init("b2", b2)])
+    xs = [rng.normal(size=(1, 3, 5, 5)).astype(np.float32) for _ in range(3)]
+    # a coarse table, so every rounding shows in the output: x and h symmetric over a deliberately clipped range
+    table = {"x": symmetric(1.5), "h": symmetric(2.0), "y": unsigned(3.0)}
+    sim = Simulator(model, table)
+    report = sensitivity(sim, [(str(k), {"x": x}) for k, x in enumerate(xs)], len(xs))
+    by_name = {item.layer.name: item for item in report.layers}
+
+    refs, only1, only2, both = [], [], [], []
+    for x in xs:
+        h = _conv1x1(x, w1, b1)
+        refs.append(_conv1x1(h, w2, b2))
+        # only conv1 int8: its input x and its output h are quantized; conv2 float on the rounded h
+        h1 = _fq(_int8_conv(_fq(x, table["x"]), w1, b1, table["x"].scale), table["h"])
+        only1.append(_conv1x1(h1, w2, b2))
+        # only conv2 int8: its input h is quantized; y is a graph output, computed in float (convert's default)
+        only2.append(_int8_conv(_fq(h, table["h"]), w2, b2, table["h"].scale))
+        both.append(_int8_conv(h1, w2, b2, table["h"].scale))
+    ref = np.concatenate(refs)
+    expected_only = {"conv1": _db(ref, np.concatenate(only1)), "conv2": _db(ref, np.concatenate(only2))}
+    expected_all_but = {"conv1": expected_only["conv2"], "conv2": expected_only["conv1"]}
+    for name in ("conv1", "conv2"):
+        assert by_name[name].only_db == pytest.approx(expected_only[name], abs=0.01)
+        assert by_name[name].all_but_db == pytest.approx(expected_all_but[name], abs=0.01)
+    assert report.all_int8["y"].sqnr_db == pytest.approx(_db(ref, np.concatenate(both)), abs=0.01)
+    # ranked most harmful first: the lower "only this int8" SQNR
+    assert [item.layer.name for item in report.layers] == sorted(expected_only, key=expected_only.get)
