@@ -304,6 +304,8 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
                          "--weight-clip or --adaround)")
     if table is not None:
         _refuse_calibration_options(click.get_current_context())
+    if table is not None and (target_sqnr is not None or max_fp32_ops is not None):
+        raise UsageError("--target-sqnr and --max-fp32-ops measure on images: calibrate with -i DIR instead of -f")
     from .commands import convert_model, table_target
     from .targets import resolve as resolve_target
 

@@ -30,6 +30,9 @@ def test_version():
     ("evaluate", ["--model", "--quantized", "--table", "--images", "--labels", "--json", "--report",
                   "--max-images"]),
     ("simulate", ["--model", "--params", "--images", "--rounding", "--json", "--max-images"]),
+    ("convert", ["--check-images", "--check-floor", "--target-sqnr", "--max-fp32-ops", "--bounded"]),
+    ("sensitivity", ["--model", "--images", "--table", "--algorithm", "--bounded", "--exclude", "--measure-images",
+                     "--json", "--report", "--top"]),
 ])
 def test_help_documents_every_option(command, options):
     result = quanttool(command, "--help")
@@ -47,6 +50,8 @@ def test_help_documents_every_option(command, options):
     (["simulate", "-m", "x.onnx", "--params", "p.json"], "-i DIR"),
     (["calibrate", "-m", "x.onnx", "--table-format", "caffe"], "caffe"),
     (["frobnicate"], "frobnicate"),
+    (["sensitivity", "-m", "x.onnx"], "-i DIR"),
+    (["calibrate", "-m", "x.onnx", "--bounded", "maybe"], "--bounded"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, needle):
     result = quanttool(*args)

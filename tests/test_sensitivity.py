@@ -73,3 +73,37 @@ def test_two_layer_toy_matches_a_hand_computation():
     assert report.all_int8["y"].sqnr_db == pytest.approx(_db(ref, np.concatenate(both)), abs=0.01)
     # ranked most harmful first: the lower "only this int8" SQNR
     assert [item.layer.name for item in report.layers] == sorted(expected_only, key=expected_only.get)
+
+
+def test_sensitivity_command_writes_terminal_json_and_html(tmp_path):
+    """The command end to end on the planted-culprit model of test_fallback: c2 ranks first everywhere, and the
+    JSON numbers are the ones the terminal shows."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_fallback import _setup
+
+    _, path, folder, _ = _setup(tmp_path, count=12)
+    result = subprocess.run([sys.executable, "-m", "quanttool", "sensitivity", "-m", path, "-i", folder,
+                             "--max-images", "6", "--measure-images", "6", "--json", tmp_path / "s.json",
+                             "--report", tmp_path / "s.html"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert [layer["name"] for layer in data["layers"]][0] == "c2" and len(data["layers"]) == 4
+    first = result.stdout.splitlines()[3].split()
+    assert first[1] == "c2" and float(first[3]) == pytest.approx(data["layers"][0]["only_int8_db"], abs=0.05)
+    assert "measured on 6 held-out images" in result.stdout
+    assert "<td class=\"l\">c2</td>" in (tmp_path / "s.html").read_text()
+
+
+def test_target_sqnr_needs_calibration_images(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "t.scale").write_text("x 0.1 0\n")
+    result = subprocess.run([sys.executable, "-m", "quanttool", "convert", "-m", tmp_path / "m.onnx", "-f",
+                             tmp_path / "t.scale", "-o", tmp_path / "q.onnx", "--target-sqnr", "30"],
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "--target-sqnr" in lines[0] and "-i DIR" in lines[0]
