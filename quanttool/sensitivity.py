@@ -153,7 +153,7 @@ def write_html(report: SensitivityReport, path) -> None:
         "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}td.l{text-align:left;font-family:monospace}"
         "</style></head><body><h1>quanttool: which layers break the output</h1>"
         f"<p>{report.images} images, {len(report.layers)} quantizable layers. Output SQNR in dB (lowest over the "
-        f"model's outputs; an output that concatenates ranges 100x apart counts its worst part) when only this "
+        f"model's outputs; an output that concatenates ranges 32x apart counts its worst part) when only this "
         f"layer is int8, and when every layer but this one is int8. All layers int8: "
         f"{fmt_db(score(report.all_int8))} dB. Most harmful first.</p>"
         "<table><tr><th>#</th><th>layer</th><th>op</th><th>only this int8</th><th>all but this int8</th></tr>"

@@ -412,3 +412,18 @@ def test_one_dead_class_does_not_split_an_output():
     out.fold(ref, ref + np.float32(1e-3))
     report = out.report()
     assert report.parts == [] and report.worst_sqnr_db == report.sqnr_db
+
+
+def test_confident_softmax_classes_are_not_a_range_part():
+    """A confident classifier: over a few images, the predicted classes reach 0.99 and every other class stays
+    below 0.005 (a 200x gap). The confident classes are scattered indices, not a block of a head's layout, so
+    the output is not split."""
+    from quanttool.evaluate.run import _Output
+
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(0, 0.005, (4, 50)).astype(np.float32)
+    for row, cls in enumerate((3, 17, 29, 41)):
+        ref[row, cls] = 0.99
+    out = _Output("probs")
+    out.fold(ref, ref + np.float32(1e-4))
+    assert out.report().parts == []

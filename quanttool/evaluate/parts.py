@@ -5,8 +5,9 @@ whole tensor is then the boxes' SQNR: a model whose scores are all 0 (no detecti
 working one whose boxes are a little noisier. So per output, sums of ref^2, err^2 and max|ref| are kept per
 index along every axis but the first (axes longer than MAX_CHANNELS are skipped: they are anchors or pixels,
 not channels). When, along some axis, the channels' max|ref| sorted fall apart at one gap of MIXED_RATIO or
-more, and the small-range side holds at least MIN_SMALL_SHARE of the channels (so one dead class of a softmax
-is not a "part"), the output is mixed: each side gets its own SQNR and the worst of them is the number that
+more, the small-range side holds at least MIN_SMALL_SHARE of the channels (so one dead class of a softmax is
+not a "part"), the large side at least 2, and each side is one contiguous run of indices (a head concatenates
+blocks: boxes 0-3, scores 4-83; a softmax's few confident classes are scattered), the output is mixed: each side gets its own SQNR and the worst of them is the number that
 decisions use (the check after convert, --target-sqnr, sensitivity).
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 from .metrics import sqnr_db
 
 MAX_CHANNELS = 4096
-MIXED_RATIO = 100.0
+MIXED_RATIO = 32.0  # as quanttool.rewrite.plan.MIXED_RANGE_RATIO: the ratio one int8 scale cannot bridge
 MIN_SMALL_SHARE = 0.05
 
 
@@ -42,6 +43,10 @@ def index_ranges(indices) -> str:
             start = i
         prev = i
     return ",".join(runs)
+
+
+def _contiguous(indices: np.ndarray) -> bool:
+    return int(indices.max()) - int(indices.min()) + 1 == indices.size
 
 
 class ChannelSums:
@@ -78,10 +83,11 @@ class ChannelSums:
             values = absmax[order]
             gaps = values[1:] / values[:-1]
             k = int(np.argmax(gaps))
-            small = order[: k + 1]
-            if gaps[k] >= MIXED_RATIO and small.size >= MIN_SMALL_SHARE * absmax.size:
+            small, large = order[: k + 1], order[k + 1:]
+            if gaps[k] >= MIXED_RATIO and small.size >= MIN_SMALL_SHARE * absmax.size and large.size >= 2 \
+                    and _contiguous(small) and _contiguous(large):
                 if best is None or gaps[k] > best[0]:
-                    best = (gaps[k], axis, np.sort(small), np.sort(order[k + 1:]))
+                    best = (gaps[k], axis, np.sort(small), np.sort(large))
         if best is None:
             return []
         _, axis, small, large = best
