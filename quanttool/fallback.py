@@ -1,13 +1,16 @@
 """Automatic mixed precision within a budget: keep the most harmful layers float until every output reaches the
 target SQNR (convert --target-sqnr DB, --max-fp32-ops N).
 
-1. Rank: the output SQNR with only layer L int8, for every L (the sensitivity measurement, one fake-quantized
-   run over the slice); lowest first, ties in graph order (quanttool.sensitivity.rank_key without the
-   "all but" column, which the search does not need).
-2. Search, greedily along that ranking: "all int8 but the first k" for k = 0..K (K = --max-fp32-ops or every
-   layer), all measured in the same kind of run, where the configurations share their common prefixes. The
-   smallest k whose lowest output SQNR reaches the target wins; without a target (only --max-fp32-ops), the k
-   with the best SQNR, the smallest among equals.
+1. Rank: the output SQNR with only layer L int8, for every L (the sensitivity measurement: fake-quantized
+   configurations sharing their prefixes in one float graph), on RANK_IMAGES images of the slice; lowest first,
+   ties in graph order. This is the costly step (each configuration recomputes the graph from L on), so it
+   runs on a few images: it only has to order the layers.
+2. Search, greedily along that ranking, on the whole slice: "all int8 but the first k". First k = 0, 1, 2, 4,
+   8, ... up to K (--max-fp32-ops, else every layer) in one run, then the bracket around the first k that reaches
+   the target is narrowed, SPLIT configurations per run, to the smallest such k (more layers float is assumed to
+   not make the output worse, which the measurements then confirm or not: the k chosen is one that was
+   measured to reach the target). No k reaches it: the best measured within the budget. Without a target
+   (only --max-fp32-ops): the best measured k, the smallest among equals.
 Same model, table and images give the same numbers, so the same choice. The simulation rounds like the int8 model
 but is not bit-identical to onnxruntime's int8 kernels; the check after convert measures the real model.
 """
@@ -43,36 +46,50 @@ class Fallback:
         return text
 
 
+RANK_IMAGES = 8
+SPLIT = 3  # interior points measured per narrowing run
+
+
 def search(sim: Simulator, samples: list, *, target_db: float | None, max_float: int | None, threads: int = 0,
            load=None) -> Fallback:
-    """`samples` are decoded by `load(samples)` (an iterator of (key, feeds)) for each of the two runs."""
+    """`load(samples)` decodes the samples (an iterator of (key, feeds)); it is called once per run."""
     layers = sim.layers
     everything = frozenset(layer.index for layer in layers)
-    ranked_runs, _ = measure(sim, [everything] + [{layer.index} for layer in layers], load(samples), len(samples),
-                             threads=threads, desc="rank layers")
-    before = score(ranked_runs[0])
-    only = {layer.index: score(result) for layer, result in zip(layers, ranked_runs[1:])}
+    ranking_samples = [samples[i * len(samples) // RANK_IMAGES] for i in range(RANK_IMAGES)] \
+        if len(samples) > RANK_IMAGES else samples
+    ranked_runs, _ = measure(sim, [{layer.index} for layer in layers], load(ranking_samples),
+                             len(ranking_samples), threads=threads, desc="rank layers")
+    only = {layer.index: score(result) for layer, result in zip(layers, ranked_runs)}
     ranking = sorted(layers, key=lambda layer: (only[layer.index], layer.index))
     budget = len(layers) if max_float is None else min(max_float, len(layers))
-    if target_db is not None and before >= target_db:
-        return Fallback([], before, before, target_db, len(layers), 0.0, True)
-    configs = [everything - {layer.index for layer in ranking[:k]} for k in range(1, budget + 1)]
-    results, _ = measure(sim, configs, load(samples), len(samples), threads=threads, desc="search") \
-        if configs else ([], 0)
-    scores = [before] + [score(result) for result in results]
-    if target_db is not None:
-        k = next((k for k, value in enumerate(scores) if value >= target_db), None)
-        reached = k is not None
-        if k is None:  # not reachable within the budget: the best the budget allows
-            k = max(range(len(scores)), key=lambda j: (scores[j], -j))
+    scores: dict[int, float] = {}
+
+    def run(ks: list[int], desc: str) -> None:
+        ks = [k for k in dict.fromkeys(ks) if k not in scores]
+        configs = [everything - {layer.index for layer in ranking[:k]} for k in ks]
+        results, _ = measure(sim, configs, load(samples), len(samples), threads=threads, desc=desc)
+        scores.update({k: score(result) for k, result in zip(ks, results)})
+
+    def reaches(k: int) -> bool:
+        return target_db is not None and scores[k] >= target_db
+
+    run([0] + [min(2 ** j, budget) for j in range(budget.bit_length() + 1) if budget], "search")
+    if target_db is not None and any(reaches(k) for k in scores):
+        high = min(k for k in scores if reaches(k))
+        low = max([k for k in scores if k < high], default=high)
+        while high - low > 1:  # narrow to the smallest k measured to reach the target
+            inner = sorted({low + (high - low) * j // (SPLIT + 1) for j in range(1, SPLIT + 1)} - {low, high})
+            run(inner, "narrow")
+            high = min([high] + [k for k in inner if reaches(k)])
+            low = max([low] + [k for k in inner if k < high and not reaches(k)])
+        k, reached = high, True
     else:
-        k = max(range(len(scores)), key=lambda j: (scores[j] if not math.isnan(scores[j]) else -math.inf, -j))
-        reached = True
+        k = max(sorted(scores), key=lambda j: (scores[j] if not math.isnan(scores[j]) else -math.inf, -j))
+        reached = target_db is None
     kept = ranking[:k]
     total = sum(layer.weights for layer in layers)
     share = sum(layer.weights for layer in kept) / total if total else 0.0
-    return Fallback(kept, before, scores[k], target_db, len(layers), share, reached)
-
+    return Fallback(kept, scores[0], scores[k], target_db, len(layers), share, reached)
 
 def choose(static, params: dict, inputs, *, exclude, weight_bits: int, int8_outputs: bool, target_db: float | None,
            max_float: int | None, images: int) -> Fallback:

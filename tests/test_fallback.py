@@ -124,3 +124,19 @@ def test_an_excluded_conv_stays_float_in_onnxruntime():
         values = run_all(q, f, [conv2.input[0], "c2"])
         expected = run(lone, {"a": values[conv2.input[0]]})[0]
         np.testing.assert_allclose(values["c2"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_search_stops_at_zero_when_all_int8_already_reaches_the_target():
+    from quanttool.fallback import search
+    from quanttool.simulate import Simulator
+
+    model = _model()
+    rng = np.random.default_rng(3)
+    feeds = [(str(k), {"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)}) for k in range(4)]
+    table = calibrate(model, [f for _, f in feeds])
+    result = search(Simulator(model, table), feeds, target_db=-100.0, max_float=None, load=lambda s: iter(s))
+    assert result.kept == [] and result.reached and result.after_db == result.before_db
+    # a budget of one layer and an unreachable target: c2 (the culprit) is the one kept, and it says so
+    result = search(Simulator(model, table), feeds, target_db=1000.0, max_float=1, load=lambda s: iter(s))
+    assert [layer.name for layer in result.kept] == ["c2"] and not result.reached
+    assert "NOT reached" in result.summary()
