@@ -25,7 +25,7 @@ from quanttool.inputs import Preprocess, discover, iter_samples
 from quanttool.observe import observe
 from quanttool.runtime import session
 from quanttool.sensitivity import measure, sensitivity
-from quanttool.simulate import Simulator
+from quanttool.variants import Simulator
 
 DEEPER = [(1, 16, 1, 1), (6, 24, 3, 2), (6, 32, 5, 2), (6, 64, 6, 2), (6, 96, 5, 1), (6, 160, 4, 2), (6, 320, 1, 1)]
 

@@ -252,6 +252,8 @@ OUTPUT_SCHEMA = {
     "sqnr_db": lambda v: v is None or isinstance(v, NUMBER),
     "max_abs_error": lambda v: v is None or isinstance(v, NUMBER) and v >= 0,
     "top1_agreement": lambda v: v is None or isinstance(v, NUMBER) and 0 <= v <= 1,
+    "worst_sqnr_db": lambda v: v is None or isinstance(v, NUMBER),
+    "parts": lambda v: isinstance(v, list) and all(set(p) == {"axis", "channels", "max_abs", "sqnr_db"} for p in v),
 }
 
 

@@ -128,7 +128,7 @@ def test_an_excluded_conv_stays_float_in_onnxruntime():
 
 def test_search_stops_at_zero_when_all_int8_already_reaches_the_target():
     from quanttool.fallback import search
-    from quanttool.simulate import Simulator
+    from quanttool.variants import Simulator
 
     model = _model()
     rng = np.random.default_rng(3)
