@@ -42,7 +42,7 @@ class Fallback:
                 f"{self.weight_share * 100:.1f}% of the weights); simulated output SQNR "
                 f"{fmt_db(self.before_db)} -> {fmt_db(self.after_db)} dB")
         if not self.reached:
-            text += f"; the target is NOT reached within the budget"
+            text += "; the target is NOT reached within the budget"
         return text
 
 
