@@ -553,7 +553,7 @@ def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: 
     from dataclasses import asdict
 
     from .inputs import LoadReport, discover, iter_samples
-    from .variants import compare, render
+    from .simulate import compare, render
 
     inputs = Inputs(model, **options)
     _check_outputs(inputs, [params_path], json=json_path)

@@ -130,7 +130,7 @@ def test_json_report_is_strict_json_whatever_the_numbers():
     assert data["layers"][0]["isolated_sqnr_db"] is None and data["layers"][0]["channel_cosines"] == [None, 0.5]
     assert data["layers"][0]["worst_channels"] == [{"channel": 0, "cosine": None}]
     assert data["outputs"][0] == {"name": "y", "cosine": None, "sqnr_db": None, "max_abs_error": None,
-                                  "top1_agreement": None}
+                                  "top1_agreement": None, "worst_sqnr_db": None, "parts": []}
 
 
 # ---- item 3: the --stats cache key covers the external data files too ----------------------------------------
