@@ -335,14 +335,17 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
               help="Write the ranking as a self-contained HTML file.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
               help="How many layers the terminal table shows.")
-def sensitivity(model, table, exclude, measure_images, json_path, report_path, top, algorithm, scheme, percentile,
-                compat, bounded, stats_path, **inputs):
+def sensitivity(model, table, exclude, measure_images, json_path, report_path, top, algorithm, target, scheme,
+                percentile, compat, bounded, stats_path, **inputs):
     """Which layers break the output: output SQNR with only this layer int8, and with all but this layer."""
     if not inputs["images"]:
         raise UsageError("sensitivity needs images: -i DIR")
     from .commands import sensitivity_model
 
-    settings = _settings(algorithm, scheme, 8, percentile, compat, bounded)
+    from .targets import resolve as resolve_target
+
+    profile, scheme, _ = resolve_target(target, scheme, None)  # as convert with the same --target
+    settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name, bounded)
     click.echo(sensitivity_model(model, table, settings, exclude=exclude, json_path=json_path,
                                  report_path=report_path, top=top, measure_images=measure_images,
                                  stats_path=stats_path, **inputs))

@@ -466,7 +466,8 @@ def sensitivity_model(model: Path, table: Path | None, settings: Settings, *, ex
     else:
         params = _calibrated(inputs, static, settings, stats_path).params
         samples, independent = check_samples(inputs, measure_images)
-    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
+    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
+                    target=TARGETS[settings.target])
     report = sens.sensitivity(sim, iter_samples(samples, inputs.specs, inputs.pp, threads=max(1, inputs.threads)),
                               len(samples), threads=inputs.threads)
     if independent is not None:

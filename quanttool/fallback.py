@@ -91,14 +91,14 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     share = sum(layer.weights for layer in kept) / total if total else 0.0
     return Fallback(kept, scores[0], scores[k], target_db, len(layers), share, reached)
 
-def choose(static, params: dict, inputs, *, exclude, weight_bits: int, int8_outputs: bool, target_db: float | None,
-           max_float: int | None, images: int) -> Fallback:
+def choose(static, params: dict, inputs, *, exclude, weight_bits: int, int8_outputs: bool, target=None,
+           target_db: float | None, max_float: int | None, images: int) -> Fallback:
     """convert's use: the search on the check's held-out slice of `inputs` (quanttool.commands.Inputs)."""
     from .check import DEFAULT_IMAGES, check_samples
     from .inputs import iter_samples
 
     samples, _ = check_samples(inputs, images or DEFAULT_IMAGES)
-    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs)
+    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs, target=target)
 
     def load(chosen):
         return iter_samples(chosen, inputs.specs, inputs.pp, threads=max(1, inputs.threads))

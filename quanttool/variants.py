@@ -29,7 +29,8 @@ from .evaluate.isolated import _Graph
 from .qparams import QParam
 from .rewrite import upgrade_opset
 from .rewrite.plan import Plan, float_tails, make_plan
-from .rewrite.weights import bias_scale, constant_qparam, quantize_bias, quantize_weight
+from .rewrite.weights import bias_fit_scale, bias_scale, constant_qparam, quantize_bias, quantize_weight
+from .targets import TARGETS, Target
 
 
 @dataclass
@@ -52,12 +53,13 @@ class Simulator:
     """The converter's plan for a prepared model and table, and fake-quant graphs of chosen configurations."""
 
     def __init__(self, model: onnx.ModelProto, table: dict, *, exclude: Sequence[str] = (), weight_bits: int = 8,
-                 int8_outputs: bool = False) -> None:
+                 int8_outputs: bool = False, target: Target | None = None) -> None:
         self.model = upgrade_opset(model)
         self.table = table
         self.bits = 8  # activations are int8; weight_bits is 7 under --reduce-range
         self.weight_bits = weight_bits
-        plan = make_plan(self.model, table, exclude, weight_bits)
+        self.target = target or TARGETS["onnxruntime"]  # as convert's default
+        plan = make_plan(self.model, table, exclude, self.target)
         read = {name for node in plan.graph.node for name in node.input}
         outputs = {o.name for o in plan.graph.output} - read
         self.float_outputs = (set() if int8_outputs else float_tails(plan, outputs)) | plan.float_outputs
@@ -75,7 +77,8 @@ class Simulator:
         for i, group in plan.groups.items():
             if group.kind == "compute" and i in config:
                 tensors.update(group.act_inputs)
-                tensors.update(o for o in group.outputs if o not in self.float_outputs)
+                if not self.target.inputs_only:  # TensorRT/OpenVINO layout: Q/DQ on int8 ops' inputs only
+                    tensors.update(o for o in group.outputs if o not in self.float_outputs)
         for i, group in plan.groups.items():  # graph order: a chain of pass-through ops follows its input
             if group.kind == "pass" and group.act_inputs[0] in tensors:
                 tensors.update(o for o in group.outputs if o not in self.float_outputs)
@@ -140,10 +143,14 @@ class Simulator:
         group, node = self.plan.groups[i], self.plan.graph.node[i]
         found: dict[int, str] = {}
         if group.weight_array is not None:
-            q, w_scales = quantize_weight(group.weight_array, group.weight_axis, self.weight_bits)
+            floor = 0.0  # the converter raises a channel's weight scale where the int32 bias would not fit
+            if group.bias_array is not None:
+                floor = bias_fit_scale(group.bias_array, self.qp(group.act_inputs[0]).scale,
+                                       group.weight_axis is not None)
+            q, w_scales = quantize_weight(group.weight_array, group.weight_axis, self.weight_bits, floor)
             found[1] = g.dequantized(group.weight or "weight", [q, w_scales, np.zeros(w_scales.shape, np.int8)],
                                      group.weight_axis, nodes)
-            if group.bias_array is not None:
+            if group.bias_array is not None and self.target.int32_bias:  # else the float bias stays
                 channels = group.bias_array.size
                 s_b = bias_scale(self.qp(group.act_inputs[0]).scale, np.broadcast_to(w_scales, (channels,)))
                 q_b = quantize_bias(group.bias_array, s_b, group.name)
