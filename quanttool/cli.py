@@ -336,7 +336,7 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
               help="How many layers the terminal table shows.")
 def sensitivity(model, table, exclude, measure_images, json_path, report_path, top, algorithm, target, scheme,
-                percentile, compat, bounded, stats_path, **inputs):
+                percentile, compat, bounded, stats_path, jobs, **inputs):
     """Which layers break the output: output SQNR with only this layer int8, and with all but this layer."""
     if not inputs["images"]:
         raise UsageError("sensitivity needs images: -i DIR")
@@ -348,7 +348,7 @@ def sensitivity(model, table, exclude, measure_images, json_path, report_path, t
     settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name, bounded)
     click.echo(sensitivity_model(model, table, settings, exclude=exclude, json_path=json_path,
                                  report_path=report_path, top=top, measure_images=measure_images,
-                                 stats_path=stats_path, **inputs))
+                                 stats_path=stats_path, jobs=jobs, **inputs))
 
 
 @cli.command()

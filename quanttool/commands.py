@@ -451,7 +451,8 @@ def _adjusted(inputs: Inputs, dynamic, static, params: dict, adjust, exclude, we
 
 def sensitivity_model(model: Path, table: Path | None, settings: Settings, *, exclude: Sequence[str],
                       json_path: Path | None, report_path: Path | None, top: int, measure_images: int,
-                      weight_bits: int = 8, int8_outputs: bool = False, stats_path=None, **options) -> str:
+                      weight_bits: int = 8, int8_outputs: bool = False, stats_path=None, jobs: int = 1,
+                      **options) -> str:
     from . import sensitivity as sens
     from .check import check_samples, describe_slice
     from .inputs import discover, iter_samples
@@ -464,7 +465,7 @@ def sensitivity_model(model: Path, table: Path | None, settings: Settings, *, ex
         params = _load_table(table, inputs.sha).params
         samples, independent = discover(inputs.roots, measure_images), None
     else:
-        params = _calibrated(inputs, static, settings, stats_path).params
+        params = _calibrated(inputs, static, settings, stats_path, jobs).params
         samples, independent = check_samples(inputs, measure_images)
     sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
                     target=TARGETS[settings.target])
