@@ -185,14 +185,14 @@ def weight_options(func):
     return func
 
 
-def _settings(algorithm, scheme, bits, percentile, compat, target=None):
+def _settings(algorithm, scheme, bits, percentile, compat, target=None, bounded="range"):
     from .algorithms import resolve
     from .calibrate import Settings, check_settings
 
     if algorithm == "auto" and compat:
         raise UsageError("-a auto chooses among quanttool's own formulas; drop --compat tengine or pick -a 0/1/2")
     settings = Settings("auto" if algorithm == "auto" else resolve(algorithm), scheme, bits, percentile, compat,
-                        target)
+                        target, bounded)
     check_settings(settings)
     return settings
 
