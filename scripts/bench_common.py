@@ -51,7 +51,7 @@ def cpu_int8_features() -> str:
         flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     except OSError:
         return "unknown (no /proc/cpuinfo)"
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile")
     found = [f for f in wanted if f in flags]
     return ", ".join(found) if found else "none of " + ", ".join(wanted)
 
@@ -64,13 +64,3 @@ def median_time(func, repeats: int) -> tuple[float, list[float]]:
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
 
-
-def cpu_int8_features() -> str:
-    """The int8 dot-product instructions /proc/cpuinfo lists (they decide which int8 kernels run and how fast)."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return "unknown (no /proc/cpuinfo)"
-    found = [f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16") if f in flags]
-    return " ".join(found) or "none of avx2/avx512_vnni/avx_vnni/amx"
