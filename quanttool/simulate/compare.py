@@ -57,7 +57,7 @@ def compare(model: onnx.ModelProto, params: dict, samples: Iterable[dict[str, np
         diffs[tensor] = LayerDiff(layer["node"], layer["op_type"], tensor, out["scale"], kernel)
     report.layers = list(diffs.values())
     exposed = sorted({t for t in diffs} | {i["int8_tensor"] for layer in params["layers"] for i in layer["inputs"]
-                                             if not i.get("constant")})
+                                             if not (i.get("constant") or i.get("float_in_model"))})
     ort = session(with_outputs(model, exposed), threads, what="the int8 model")
     names = [o.name for o in ort.get_outputs()]
     for feeds in samples:
