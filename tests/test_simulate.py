@@ -223,3 +223,20 @@ def test_input_only_targets_simulate(target):
     # QuantizeLinear rounding downstream, so they are compared within a few LSB only
     assert all(d.isolated == 0 for d in report.layers if d.kernel == "integer")
     assert max(d.chained for d in report.layers) < 2
+
+
+def test_params_of_another_conversion_is_named():
+    """A --params file written with another --target than the model: one error naming the missing int8 tensor
+    and the fix (it was onnxruntime's 'invalid model' about a graph output quanttool itself had added)."""
+    from quanttool.errors import QuantError
+    from quanttool.targets import TARGETS
+    rng = np.random.default_rng(7)
+    model = mobilenet_style(rng)
+    feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)}]
+    table = calibrate(model, feeds)
+    table = {k: symmetric(max(abs(q.scale * (-128 - q.zero_point)), abs(q.scale * (127 - q.zero_point))))
+             for k, q in table.items()}
+    generic = json.loads(json.dumps(hardware_params(convert(model, table, target=TARGETS["generic"]), table)))
+    trt = convert(model, table, target=TARGETS["tensorrt"]).model
+    with pytest.raises(QuantError, match=r"^--params p\.json: int8 tensor '[^']+_quantized' is not in the model.*written together"):
+        compare(trt, generic, feeds, where="--params p.json")
