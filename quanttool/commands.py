@@ -524,7 +524,9 @@ def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: 
         report = compare(inputs.model, params, feeds, inputs.threads, where=f"--params {params_path}",
                          rounding=rounding)
     except (KeyError, TypeError, IndexError) as exc:  # an older or edited params file
-        raise QuantError(f"--params {params_path}: an entry lacks {first_line(exc)}; write the file again with "
+        problem = f"an entry lacks {first_line(exc)}" if isinstance(exc, KeyError) else \
+            f"an entry is damaged ({first_line(exc)})"
+        raise QuantError(f"--params {params_path}: {problem}; write the file again with "
                          f"`quanttool convert --params` (it must come with this int8 model)") from None
     if json_path is not None:
         with atomic_open(json_path, "w", encoding="utf-8") as handle:

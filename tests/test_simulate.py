@@ -190,6 +190,13 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "attributes" in err and "convert --params" in err
+    # a damaged entry (not a dict) is called damaged, not "lacks 'int' object is not subscriptable"
+    other["layers"][0] = 5
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "an entry is damaged" in err and "lacks" not in err
     # the fp32 model instead of the int8 one: one line saying so
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "m.onnx"), "--params", str(tmp_path / "p.json"), *common])
