@@ -13,6 +13,7 @@ from onnx import helper
 from tests.helpers import init, make_model, run, tensor_info
 from tests.test_errors import run_cli
 from tests.test_errors import workspace as conv_workspace  # noqa: F401 -- a fixture: Conv+Relu, 3 RGB images
+from tests.test_evaluate import sqnr
 
 RNG = np.random.default_rng(11)
 
@@ -22,12 +23,6 @@ def error_line(err: str) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("quanttool: error")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-def sqnr(ref: np.ndarray, q: np.ndarray) -> float:
-    ref, q = ref.astype(np.float64).ravel(), q.astype(np.float64).ravel()
-    noise = np.sum((ref - q) ** 2)
-    return math.inf if noise == 0 else 10 * math.log10(np.sum(ref ** 2) / noise)
 
 
 def fake_quant(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
