@@ -333,6 +333,8 @@ def read_recipe(model, path: Path) -> dict:
                         f"weight_bits {recipe.get('weight_bits')!r}"
                         if type(recipe.get("weight_bits")) is not int or not 2 <= recipe["weight_bits"] <= 8 else "",
                         "int8_outputs" if not isinstance(recipe.get("int8_outputs", True), bool) else "",
+                        f"target {recipe.get('target')!r}" if not isinstance(recipe.get("target", "onnxruntime"), str)
+                        or recipe.get("target", "onnxruntime") not in TARGETS else "",
                         "table" if not all(math.isfinite(qp.scale) and qp.scale > 0 and -128 <= qp.zero_point <= 127
                                            for qp in recipe["table"].values()) else ""]
             problems = [p for p in problems if p]

@@ -810,6 +810,13 @@ def test_a_damaged_recipe_is_named_not_a_format_option(conv_workspace, capsys):
     code, _, err = run_cli(capsys, "evaluate", "-m", model, "-q", tmp / "bad.onnx", "-i", images)
     line = error_line(err)
     assert code == 1 and "quanttool.recipe metadata is damaged (format 'qlinear')" in line and "--format" not in line
+    # a target this version does not know (a damaged or newer file) was an internal error (KeyError)
+    recipe.update(format="qdq", target="qnn")
+    int8.metadata_props[0].value = json.dumps(recipe)
+    (tmp / "bad.onnx").write_bytes(int8.SerializeToString())
+    code, _, err = run_cli(capsys, "evaluate", "-m", model, "-q", tmp / "bad.onnx", "-i", images)
+    line = error_line(err)
+    assert code == 1 and "quanttool.recipe metadata is damaged (target 'qnn')" in line
 
 
 def test_python_warnings_are_one_quanttool_line(conv_workspace, capsys, monkeypatch):
