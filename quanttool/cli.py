@@ -312,6 +312,10 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     if target is None and table is not None and fmt is None and scheme is None:
         target = table_target(table)
     profile, scheme, fmt = resolve_target(target, scheme, fmt)
+    if int8_outputs and profile.inputs_only:  # it quantizes op inputs only: the outputs would stay float silently
+        raise UsageError(f"--int8-outputs does not fit --target {profile.name}: it puts Q/DQ only on the inputs of "
+                         f"the ops the runtime runs in int8, so graph outputs stay float; drop --int8-outputs or "
+                         f"choose --target onnxruntime or generic")
     settings = _settings(algorithm, scheme, 8, percentile, compat, profile.name, bounded)
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,

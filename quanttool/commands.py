@@ -334,6 +334,8 @@ def read_recipe(model, path: Path) -> dict:
                         f"weight_bits {recipe.get('weight_bits')!r}"
                         if type(recipe.get("weight_bits")) is not int or not 2 <= recipe["weight_bits"] <= 8 else "",
                         "int8_outputs" if not isinstance(recipe.get("int8_outputs", True), bool) else "",
+                        f"target {recipe.get('target')!r}" if not isinstance(recipe.get("target", "onnxruntime"), str)
+                        or recipe.get("target", "onnxruntime") not in TARGETS else "",
                         "table" if not all(math.isfinite(qp.scale) and qp.scale > 0 and -128 <= qp.zero_point <= 127
                                            for qp in recipe["table"].values()) else ""]
             problems = [p for p in problems if p]
@@ -576,7 +578,9 @@ def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: 
         report = compare(inputs.model, params, feeds, inputs.threads, where=f"--params {params_path}",
                          rounding=rounding)
     except (KeyError, TypeError, IndexError) as exc:  # an older or edited params file
-        raise QuantError(f"--params {params_path}: an entry lacks {first_line(exc)}; write the file again with "
+        problem = f"an entry lacks {first_line(exc)}" if isinstance(exc, KeyError) else \
+            f"an entry is damaged ({first_line(exc)})"
+        raise QuantError(f"--params {params_path}: {problem}; write the file again with "
                          f"`quanttool convert --params` (it must come with this int8 model)") from None
     if json_path is not None:
         with atomic_open(json_path, "w", encoding="utf-8") as handle:

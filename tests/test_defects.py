@@ -13,6 +13,7 @@ from onnx import helper
 from tests.helpers import init, make_model, run, tensor_info
 from tests.test_errors import run_cli
 from tests.test_errors import workspace as conv_workspace  # noqa: F401 -- a fixture: Conv+Relu, 3 RGB images
+from tests.test_evaluate import sqnr
 
 RNG = np.random.default_rng(11)
 
@@ -22,12 +23,6 @@ def error_line(err: str) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("quanttool: error")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-def sqnr(ref: np.ndarray, q: np.ndarray) -> float:
-    ref, q = ref.astype(np.float64).ravel(), q.astype(np.float64).ravel()
-    noise = np.sum((ref - q) ** 2)
-    return math.inf if noise == 0 else 10 * math.log10(np.sum(ref ** 2) / noise)
 
 
 def fake_quant(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
@@ -815,6 +810,13 @@ def test_a_damaged_recipe_is_named_not_a_format_option(conv_workspace, capsys):
     code, _, err = run_cli(capsys, "evaluate", "-m", model, "-q", tmp / "bad.onnx", "-i", images)
     line = error_line(err)
     assert code == 1 and "quanttool.recipe metadata is damaged (format 'qlinear')" in line and "--format" not in line
+    # a target this version does not know (a damaged or newer file) was an internal error (KeyError)
+    recipe.update(format="qdq", target="qnn")
+    int8.metadata_props[0].value = json.dumps(recipe)
+    (tmp / "bad.onnx").write_bytes(int8.SerializeToString())
+    code, _, err = run_cli(capsys, "evaluate", "-m", model, "-q", tmp / "bad.onnx", "-i", images)
+    line = error_line(err)
+    assert code == 1 and "quanttool.recipe metadata is damaged (target 'qnn')" in line
 
 
 def test_python_warnings_are_one_quanttool_line(conv_workspace, capsys, monkeypatch):

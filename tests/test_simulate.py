@@ -190,8 +190,60 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "attributes" in err and "convert --params" in err
+    # a damaged entry (not a dict) is called damaged, not "lacks 'int' object is not subscriptable"
+    other["layers"][0] = 5
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "an entry is damaged" in err and "lacks" not in err
     # the fp32 model instead of the int8 one: one line saying so
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "m.onnx"), "--params", str(tmp_path / "p.json"), *common])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "int8 model" in err
+
+
+@pytest.mark.parametrize("target", ["openvino", "tensorrt"])
+def test_input_only_targets_simulate(target):
+    """--target openvino/tensorrt leave the Conv output entering a residual Add float (the runtime fuses them):
+    the params file says that input is float in the model, and simulate runs the Add as the model spells it."""
+    from quanttool.targets import TARGETS
+    rng = np.random.default_rng(7)
+    model = mobilenet_style(rng)
+    feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
+    table = calibrate(model, feeds)
+    table = {k: symmetric(max(abs(q.scale * (-128 - q.zero_point)), abs(q.scale * (127 - q.zero_point))))
+             for k, q in table.items()}
+    result = convert(model, table, int8_outputs=False, target=TARGETS[target])
+    params = json.loads(json.dumps(hardware_params(result, table)))
+    produced = {o for n in result.model.graph.node for o in n.output}
+    add = next(l for l in params["layers"] if l["node"] == "b1.add")
+    fused = next(i for i in add["inputs"] if i["name"] == "b1.project.y")
+    assert "b1.project.y_quantized" not in produced  # the Conv + Add fusion the target asks for
+    assert fused["int8_tensor"] is None and fused["float_in_model"] is True
+    assert all(i["int8_tensor"] in produced for l in params["layers"] for i in l["inputs"] if i.get("int8_tensor"))
+    report = compare(result.model, params, feeds)
+    kinds = {d.node: d.kernel for d in report.layers}
+    assert kinds["b1.add"].startswith("float") and kinds["head.conv"] == "float: output left float"
+    # the int8 ops' arithmetic matches; float layers (numpy vs onnxruntime summation order) can flip a
+    # QuantizeLinear rounding downstream, so they are compared within a few LSB only
+    assert all(d.isolated == 0 for d in report.layers if d.kernel == "integer")
+    assert max(d.chained for d in report.layers) < 2
+
+
+def test_params_of_another_conversion_is_named():
+    """A --params file written with another --target than the model: one error naming the missing int8 tensor
+    and the fix (it was onnxruntime's 'invalid model' about a graph output quanttool itself had added)."""
+    from quanttool.errors import QuantError
+    from quanttool.targets import TARGETS
+    rng = np.random.default_rng(7)
+    model = mobilenet_style(rng)
+    feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)}]
+    table = calibrate(model, feeds)
+    table = {k: symmetric(max(abs(q.scale * (-128 - q.zero_point)), abs(q.scale * (127 - q.zero_point))))
+             for k, q in table.items()}
+    generic = json.loads(json.dumps(hardware_params(convert(model, table, target=TARGETS["generic"]), table)))
+    trt = convert(model, table, target=TARGETS["tensorrt"]).model
+    with pytest.raises(QuantError, match=r"^--params p\.json: int8 tensor '[^']+_quantized' is not in the model.*written together"):
+        compare(trt, generic, feeds, where="--params p.json")

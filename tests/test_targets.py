@@ -103,6 +103,8 @@ def test_tensorrt_placement_on_a_residual_block(tmp_path):
     (["--target", "tensorrt", "--scheme", "asymmetric"], "--scheme asymmetric does not fit --target tensorrt"),
     (["--target", "openvino", "--scheme", "auto"], "--scheme auto does not fit --target openvino"),
     (["--target", "generic", "--format", "qoperator"], "--format qoperator does not fit --target generic"),
+    (["--target", "tensorrt", "--int8-outputs"], "--int8-outputs does not fit --target tensorrt"),
+    (["--target", "openvino", "--int8-outputs"], "--int8-outputs does not fit --target openvino"),
 ])
 def test_conflicting_options_are_usage_errors(tmp_path, args, needle):
     result = subprocess.run([sys.executable, "-m", "quanttool", "convert", "-m", DEMO, "-i", tmp_path, "-o",

@@ -173,6 +173,8 @@ def _layer(op, qp, int8: _Int8Model) -> dict:
         q = qp(name)
         ins.append({"name": name, "int8_tensor": f"{name}_quantized", "shape": int8.shapes.get(f"{name}_quantized"),
                     "scale": float(q.scale), "zero_point": int(q.zero_point)})
+        if f"{name}_quantized" not in int8.producer:  # a Conv output fused into a residual Add (inputs_only targets)
+            ins[-1].update(int8_tensor=None, shape=int8.shapes.get(name), float_in_model=True)
     for name, (scale, zp) in op.constants.items():
         init = _constant_initializer(node, name, int8)
         ins.append({"name": name, "initializer": init, "shape": int8.shapes.get(init), "scale": scale,

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from ..errors import QuantError
 from ..runtime import session, with_outputs
 from .graph import Simulation
 
@@ -57,7 +58,12 @@ def compare(model: onnx.ModelProto, params: dict, samples: Iterable[dict[str, np
         diffs[tensor] = LayerDiff(layer["node"], layer["op_type"], tensor, out["scale"], kernel)
     report.layers = list(diffs.values())
     exposed = sorted({t for t in diffs} | {i["int8_tensor"] for layer in params["layers"] for i in layer["inputs"]
-                                             if not i.get("constant")})
+                                             if not (i.get("constant") or i.get("float_in_model"))})
+    present = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    missing = next((t for t in exposed if t not in present), None)
+    if missing is not None:
+        raise QuantError(f"{where}: int8 tensor {missing!r} is not in the model; pass the --params file written "
+                         f"together with this int8 model (same --target and --format)")
     ort = session(with_outputs(model, exposed), threads, what="the int8 model")
     names = [o.name for o in ort.get_outputs()]
     for feeds in samples:

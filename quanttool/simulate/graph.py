@@ -61,6 +61,8 @@ def why_float(layer: dict) -> str | None:
     shape = layer["inputs"][0].get("shape") or []
     if op not in KERNELS:
         return "no integer kernel"
+    if any(i.get("float_in_model") for i in layer["inputs"]):
+        return "an input is float in the model"
     if op == "Resize" and attrs.get("mode", "nearest") != "nearest":
         return f"Resize mode {attrs.get('mode')}"
     if op == "Pad" and layer.get("pad_value") is None:
