@@ -71,9 +71,9 @@ MODELS = [
     Model("ddddocr_rec", "ddddocr==1.6.1", "ddddocr/common.onnx", "MIT", "recognise", "input1", (1, 64, 160),
           "captcha", color="gray", norm="0.00392156862745098",
           about="ddddocr's captcha recogniser (`beta=True` model; the default `common_old.onnx` is already "
-                "dynamically quantized). Input gray /255, height 64, any width. Output `387` [1, T] int64 class "
-                "indices (the argmax is inside the graph, so compare the decoded strings): CTC collapse repeats, "
-                "drop 0, map through ddddocr's beta charset (DdddOcr(beta=True) decodes it)."),
+                "dynamically quantized). Input gray /255, height 64, any width. Output `387` (declared [1, T], "
+                "really [T, 1, 8210]: T = W/8 time steps of class scores, no softmax): argmax per step, CTC "
+                "collapse repeats, drop 0, map through ddddocr's beta charset (DdddOcr(beta=True) decodes it)."),
     Model("ppocr_det", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
           "Apache-2.0", "ocr-det", "x", (3, 736, 736), "ocrpage", color="bgr", **HALF,
           about="PP-OCRv4 mobile text detector (DBNet). Output `sigmoid_0.tmp_0` [1, 1, H, W] text probability "
