@@ -374,13 +374,18 @@ def ort_convert(model_path: Path, out: Path, calib_feeds: list[dict], method: st
                     calibrate_method=getattr(CalibrationMethod, method))
 
 
-def nncf_convert(model_path: Path, out: Path, calib_feeds: list[dict], fast_bias_correction: bool):
+def nncf_convert(model_path: Path, out: Path, calib_feeds: list[dict], bias_correction: str):
+    """NNCF's defaults; bias_correction 'fast' (its default), 'full' (fast_bias_correction=False: its slower
+    BiasCorrection) or 'none' (disable_bias_correction)."""
     import nncf
     import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     model = onnx.load(str(model_path))
     q = nncf.quantize(model, nncf.Dataset(calib_feeds), subset_size=len(calib_feeds),
-                      fast_bias_correction=fast_bias_correction)
+                      fast_bias_correction=bias_correction != "full",
+                      advanced_parameters=AdvancedQuantizationParameters(
+                          disable_bias_correction=bias_correction == "none"))
     onnx.save(q, str(out))
 
 
@@ -434,9 +439,10 @@ def variants(args) -> list[tuple[str, object]]:
         for method in (ORT_METHODS if "ort-all" in anchors else ORT_METHODS[:1]):
             result.append((f"onnxruntime {method}", lambda m, p, o, c, f, method=method: ort_convert(p, o, f, method)))
     if "nncf" in anchors or "nncf-all" in anchors:
-        for fbc in ((True, False) if "nncf-all" in anchors else (True,)):
-            result.append((f"nncf (fast bias corr. {'on' if fbc else 'off'})",
-                           lambda m, p, o, c, f, fbc=fbc: nncf_convert(p, o, f, fbc)))
+        for bc in (("fast", "full", "none") if "nncf-all" in anchors else ("fast",)):
+            label = {"fast": "nncf (defaults: FastBiasCorrection)", "full": "nncf BiasCorrection",
+                     "none": "nncf no bias correction"}[bc]
+            result.append((label, lambda m, p, o, c, f, bc=bc: nncf_convert(p, o, f, bc)))
     if ("quark" in anchors or "quark-all" in anchors) and args.quark_python:
         for cle in ((False, True) if "quark-all" in anchors else (False,)):
             result.append((f"quark MinMax{' + CLE' if cle else ''}", lambda m, p, o, c, f, cle=cle:
@@ -550,7 +556,7 @@ def main() -> None:
                         help="quanttool -a runs besides the defaults (default: kl,aciq,percentile,mse; --quick: kl,aciq)")
     parser.add_argument("--anchors", default=None,
                         help="other tools: ort (MinMax), ort-all (+ Entropy, Percentile), nncf (fast bias correction), "
-                             "nncf-all (+ without), quark (MinMax, per-channel), quark-all (+ CLE); comma-separated; "
+                             "nncf-all (+ full BiasCorrection, + none), quark (MinMax, per-channel), quark-all (+ CLE); comma-separated; "
                              "quark needs --quark-python. Default: ort-all,nncf-all,quark-all (--quick: ort,nncf,quark)")
     parser.add_argument("--quark-python", default=None,
                         help="interpreter with amd-quark installed (it needs onnx <= 1.22); adds 'quark' runs")
