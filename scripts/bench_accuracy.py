@@ -13,6 +13,7 @@ onnxruntime then runs saturating U8S8 kernels).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -365,10 +366,14 @@ def opset13(model_path: Path, out: Path) -> Path:
 def ort_convert(model_path: Path, out: Path, calib_feeds: list[dict], method: str):
     pre = out.with_suffix(".pre.onnx")
     model_path = opset13(model_path, out)
+    here = os.getcwd()
+    os.chdir(out.parent)  # quant_pre_process leaves sym_shape_infer_temp.onnx in the working directory
     try:
         quant_pre_process(str(model_path), str(pre))
     except Exception:  # noqa: BLE001 - symbolic shape inference fails on some exports; ORT quantizes without it
         pre = model_path
+    finally:
+        os.chdir(here)
     quantize_static(str(pre), str(out), FeedReader(calib_feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method))
