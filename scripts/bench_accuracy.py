@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from bench_common import ROOT
+from bench_common import ROOT, cpu_int8_features
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -107,16 +107,6 @@ def demo() -> None:
 
 QUANTTOOL_ALGORITHMS = ("minmax", "kl", "aciq", "percentile", "mse")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
-
-
-def cpu_int8_features() -> str:
-    """The int8 dot-product features of this CPU (they decide onnxruntime's int8 kernels and their speed)."""
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
-    return " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
 
 
 def session(path: Path):
