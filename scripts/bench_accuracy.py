@@ -13,12 +13,14 @@ onnxruntime then runs saturating U8S8 kernels).
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from bench_common import ROOT
+from bench_common import ROOT, cpu_int8_features
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -46,15 +48,17 @@ def logits(path: Path, x: np.ndarray, exact: bool) -> np.ndarray:
     return np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, x: np.ndarray):
-        self.items = iter([{"input": x[i:i + 1]} for i in range(len(x))])
+class FeedReader(CalibrationDataReader):
+    """onnxruntime's calibration reader over a list of feeds (input name -> batch-1 array)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = iter(items)
 
     def get_next(self):
         return next(self.items, None)
 
 
-def main() -> None:
+def demo() -> None:
     keys, x = tensors(ROOT / "demo" / "heldout")
     labels = dict(line.split() for line in (ROOT / "demo" / "heldout_labels.txt").read_text().splitlines())
     y = np.array([int(labels[k]) for k in keys])
@@ -73,7 +77,7 @@ def main() -> None:
         pre = tmp / "pre.onnx"
         quant_pre_process(str(MODEL), str(pre))
         ort_int8 = tmp / "ort.onnx"
-        quantize_static(str(pre), str(ort_int8), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(pre), str(ort_int8), FeedReader([{"input": calib[i:i + 1]} for i in range(len(calib))]), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         score("onnxruntime quantize_static (MinMax, per-channel, QDQ)", ort_int8)
@@ -95,6 +99,471 @@ def main() -> None:
     for name, acc, sqnr, acc_d, sqnr_d in rows:
         tail = f"{acc_d:7.2f} {sqnr_d:7.3f}" if acc_d is not None else f"{'':7s} {'':7s}"
         print(f"{name:58s} | {acc:7.2f} {sqnr:7.3f} | {tail}")
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trained models (issues 8 and 9): python scripts/bench_accuracy.py --models all [--quick] [--variant NAME:OPTIONS]
+
+QUANTTOOL_ALGORITHMS = ("minmax", "kl", "aciq", "percentile", "mse")
+ORT_METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+def session(path: Path):
+    """Every model, fp32 or int8, runs in quanttool's own session options (session.qdqisint8allowed=1)."""
+    import onnx
+
+    from quanttool.runtime import session as make
+
+    return make(onnx.load(str(path)))
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matched(ref: list, got: list) -> int:
+    """How many reference detections (box, label) a detection of the same label overlaps at IoU > 0.5
+    (greedy, each detection used once)."""
+    free, hits = list(got), 0
+    for box, label in ref:
+        best = max(((iou(box, b), i) for i, (b, lab) in enumerate(free) if lab == label), default=(0.0, -1))
+        if best[0] > 0.5:
+            hits += 1
+            free.pop(best[1])
+    return hits
+
+
+def quad_box(points) -> list[float]:
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return [p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()]
+
+
+def files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+
+
+class Task:
+    """A model's own decoding, from the package that ships it, run with a given onnxruntime session.
+    `outputs(sess, path)` is the decoded result for one held-out file; `score(ref, got)` compares the lists."""
+
+    unit = "kept %"
+
+    def __init__(self, model, folder: Path):
+        self.model, self.folder = model, folder
+
+    def results(self, sess, paths: list[Path]) -> list:
+        return [self.decode(sess, p) for p in paths]
+
+
+class DdddDetect(Task):
+    unit = "boxes %"
+
+    def decode(self, sess, path):
+        from ddddocr.core.detection_engine import DetectionEngine
+
+        if not hasattr(self, "engine"):
+            self.engine = DetectionEngine()
+        self.engine.session = sess
+        return [(box, 0) for box in self.engine.get_bbox(path.read_bytes())]
+
+    def score(self, ref, got):
+        return sum(matched(r, g) for r, g in zip(ref, got)), sum(len(r) for r in ref)
+
+
+class DdddRecognise(Task):
+    unit = "strings %"
+
+    def decode(self, sess, path):
+        from ddddocr.core.ocr_engine import OCREngine
+
+        if not hasattr(self, "engine"):
+            self.engine = OCREngine(beta=True)
+        self.engine.session = sess
+        return self.engine.predict(path.read_bytes())
+
+    def score(self, ref, got):
+        return sum(r == g for r, g in zip(ref, got)), len(ref)
+
+
+def rapidocr():
+    from rapidocr_onnxruntime import RapidOCR
+
+    return RapidOCR()
+
+
+class PPDetect(Task):
+    unit = "boxes %"
+
+    def decode(self, sess, path):
+        import cv2
+
+        if not hasattr(self, "engine"):
+            self.engine = rapidocr()
+        self.engine.text_det.infer.session = sess
+        boxes, _ = self.engine.text_det(cv2.imread(str(path)))
+        return [(quad_box(b), 0) for b in (boxes if boxes is not None else [])]
+
+    score = DdddDetect.score
+
+
+class PPRecognise(Task):
+    unit = "strings %"
+
+    def decode(self, sess, path):
+        import cv2
+
+        if not hasattr(self, "engine"):
+            self.engine = rapidocr()
+        self.engine.text_rec.session.session = sess
+        (text, _), = self.engine.text_rec([cv2.imread(str(path))])[0]
+        return text
+
+    score = DdddRecognise.score
+
+
+class PPEndToEnd(Task):
+    """RapidOCR's whole pipeline (det -> cls -> rec) on the detector's held-out pages; a line counts when
+    the int8 pipeline finds a box at IoU > 0.5 with the identical string."""
+
+    unit = "lines %"
+
+    def decode(self, sessions, path):
+        if not hasattr(self, "engine"):
+            self.engine = rapidocr()
+        det, cls, rec = sessions
+        self.engine.text_det.infer.session = det
+        self.engine.text_cls.infer.session = cls
+        self.engine.text_rec.session.session = rec
+        result, _ = self.engine(str(path))
+        return [(quad_box(box), text) for box, text, _ in (result or [])]
+
+    score = DdddDetect.score
+
+
+class Layout(Task):
+    unit = "boxes %"
+
+    def decode(self, sess, path):
+        if not hasattr(self, "engine"):
+            from rapid_layout import RapidLayout
+
+            self.engine = RapidLayout(model_type="pp_layout_cdla")
+        self.engine.session.session = sess
+        out = self.engine(str(path))
+        return list(zip([list(map(float, b)) for b in (out.boxes or [])], out.class_names or []))
+
+    score = DdddDetect.score
+
+
+class Top1(Task):
+    """Classifiers: argmax of the raw output (the packages' decoding is an argmax over the same scores)."""
+
+    unit = "top-1 agr %"
+
+    def results(self, sess, paths):
+        return [int(np.argmax(o[0])) for o in raw_outputs(self.model, sess, paths)]
+
+    score = DdddRecognise.score
+
+
+TASKS = {"yolox": DdddDetect, "ddddocr_rec": DdddRecognise, "ppocr_det": PPDetect, "ppocr_rec": PPRecognise,
+         "ppocr_cls": Top1, "layout": Layout, "orientation": Top1, "effnet_lite0": Top1}
+
+
+def preprocess(model):
+    """The model's preprocessing as quanttool's own Preprocess (the images are rendered at the input size)."""
+    from quanttool.inputs import InputSpec, Preprocess, parse_floats
+
+    opts = dict(zip(model.options()[::2], model.options()[1::2]))
+    pp = Preprocess(shape=model.shape, mean=parse_floats(opts["--mean"], "--mean"),
+                    norm=parse_floats(opts["--norm"], "--norm"), color=model.color)
+    return pp, [InputSpec(model.input, (1, *model.shape))]
+
+
+def feeds(model, paths: list[Path]) -> list[dict]:
+    pp, spec = preprocess(model)
+    return [load_sample({model.input: p}, spec, pp) for p in paths]
+
+
+def raw_outputs(model, sess, paths: list[Path]) -> list[list[np.ndarray]]:
+    return [sess.run(None, f) for f in feeds(model, paths)]
+
+
+def sqnr_per_output(ref: list, got: list) -> list[float]:
+    """10 log10(sum ref^2 / sum err^2) per float output, summed over all held-out images."""
+    result = []
+    for k in range(len(ref[0])):
+        if ref[0][k].dtype.kind != "f":
+            continue
+        signal = sum(float((r[k].astype(np.float64) ** 2).sum()) for r in ref)
+        noise = sum(float(((r[k].astype(np.float64) - g[k]) ** 2).sum()) for r, g in zip(ref, got))
+        result.append(float("inf") if noise == 0 else 10 * np.log10(signal / max(noise, 1e-30)))
+    return result
+
+
+def float_fraction(path: Path) -> tuple[int, int]:
+    """Conv/ConvTranspose/Gemm/MatMul left in float (activation not from a DequantizeLinear) / all of them."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    compute = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    integer = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
+    total = float_ops = 0
+    for n in graph.node:
+        if n.op_type in compute:
+            total += 1
+            float_ops += producer.get(n.input[0]) != "DequantizeLinear"
+        elif n.op_type in integer:
+            total += 1
+    return float_ops, total
+
+
+def quanttool_convert(model_path: Path, out: Path, calib: Path, options: list[str], extra: list[str]):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "quanttool", "convert", "-m", str(model_path), "-o", str(out), "-i", str(calib),
+           *options, *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1])
+    # convert's warnings (stderr lines that are not progress bars) are part of the result: issue 8 asks for them
+    warnings = [line for line in done.stderr.splitlines() if line.strip() and "it/s]" not in line
+                and "img/s]" not in line and "%|" not in line]
+    return [f"{len(warnings)} warning(s): {warnings[0][:90]}"] if warnings else []
+
+
+def opset13(model_path: Path, out: Path) -> Path:
+    """The model upgraded to opset 13 when older: per-channel DequantizeLinear needs it, and neither
+    onnxruntime's quantize_static nor Quark upgrades by itself (quanttool does, in its preparation)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(model_path))
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13:
+        return model_path
+    upgraded = out.with_suffix(".opset13.onnx")
+    onnx.save(version_converter.convert_version(model, 13), str(upgraded))
+    return upgraded
+
+
+def ort_convert(model_path: Path, out: Path, calib_feeds: list[dict], method: str):
+    pre = out.with_suffix(".pre.onnx")
+    model_path = opset13(model_path, out)
+    here = os.getcwd()
+    os.chdir(out.parent)  # quant_pre_process leaves sym_shape_infer_temp.onnx in the working directory
+    try:
+        quant_pre_process(str(model_path), str(pre))
+    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some exports; ORT quantizes without it
+        pre = model_path
+    finally:
+        os.chdir(here)
+    quantize_static(str(pre), str(out), FeedReader(calib_feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method))
+
+
+def nncf_convert(model_path: Path, out: Path, calib_feeds: list[dict], bias_correction: str):
+    """NNCF's defaults; bias_correction 'fast' (its default), 'full' (fast_bias_correction=False: its slower
+    BiasCorrection) or 'none' (disable_bias_correction)."""
+    import nncf
+    import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    model = onnx.load(str(model_path))
+    q = nncf.quantize(model, nncf.Dataset(calib_feeds), subset_size=len(calib_feeds),
+                      fast_bias_correction=bias_correction != "full",
+                      advanced_parameters=AdvancedQuantizationParameters(
+                          disable_bias_correction=bias_correction == "none"))
+    onnx.save(q, str(out))
+
+
+QUARK = """
+import sys, pathlib, numpy as np
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from quark.onnx import ModelQuantizer
+from quark.onnx.quantization.config.config import Config
+from quark.onnx.quantization.config.legacy import QuantizationConfig
+model, out, folder, name, cle = sys.argv[1:6]
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        self.items = iter([{name: np.load(p)} for p in sorted(pathlib.Path(folder).glob('*.npy'))])
+    def get_next(self):
+        return next(self.items, None)
+config = QuantizationConfig(calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            include_cle=cle == '1', print_summary=False)
+ModelQuantizer(Config(global_quant_config=config)).quantize_model(model, out, Reader())
+"""
+
+
+def quark_convert(python: str, model, model_path: Path, out: Path, calib_feeds: list[dict], cle: bool):
+    """AMD Quark in its own interpreter (it pins an older onnx than quanttool's venv has)."""
+    import subprocess
+
+    folder = out.parent / "calib_npy"
+    if not folder.exists():
+        folder.mkdir()
+        for i, f in enumerate(calib_feeds):
+            np.save(folder / f"{i:04d}.npy", f[model.input])
+    done = subprocess.run([python, "-c", QUARK, str(opset13(model_path, out)), str(out), str(folder), model.input, str(int(cle))],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+
+
+def variants(args) -> list[tuple[str, object]]:
+    """(label, converter(model, fp32 path, out path, calib folder, calib feeds)) for this run."""
+    result = [("quanttool (defaults)", lambda m, p, o, c, f: quanttool_convert(p, o, c, m.options(), []))]
+    algorithms = [a for a in args.algorithms.split(",") if a and a != "minmax"]
+    for a in algorithms:
+        result.append((f"quanttool -a {a}",
+                       lambda m, p, o, c, f, a=a: quanttool_convert(p, o, c, m.options(), ["-a", a])))
+    for spec in args.variant:
+        label, _, extra = spec.partition(":")
+        result.append((f"quanttool {label}",
+                       lambda m, p, o, c, f, extra=extra: quanttool_convert(p, o, c, m.options(), extra.split())))
+    anchors = args.anchors.split(",")
+    if "ort" in anchors or "ort-all" in anchors:
+        for method in (ORT_METHODS if "ort-all" in anchors else ORT_METHODS[:1]):
+            result.append((f"onnxruntime {method}", lambda m, p, o, c, f, method=method: ort_convert(p, o, f, method)))
+    if "nncf" in anchors or "nncf-all" in anchors:
+        for bc in (("fast", "full", "none") if "nncf-all" in anchors else ("fast",)):
+            label = {"fast": "nncf (defaults: FastBiasCorrection)", "full": "nncf BiasCorrection",
+                     "none": "nncf no bias correction"}[bc]
+            result.append((label, lambda m, p, o, c, f, bc=bc: nncf_convert(p, o, f, bc)))
+    if ("quark" in anchors or "quark-all" in anchors) and args.quark_python:
+        for cle in ((False, True) if "quark-all" in anchors else (False,)):
+            result.append((f"quark MinMax{' + CLE' if cle else ''}", lambda m, p, o, c, f, cle=cle:
+                           quark_convert(args.quark_python, m, p, o, f, cle)))
+    return result
+
+
+def trained(args) -> None:
+    import logging
+    import time
+
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer logs a line per bias otherwise
+
+    from trained_models import BY_NAME
+
+    names = list(BY_NAME) if args.models == "all" else args.models.split(",")
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"--models: unknown {', '.join(unknown)}; known: all, {', '.join(BY_NAME)}")
+    n_calib, n_held = (args.calib or (16 if args.quick else 64)), (args.heldout or (8 if args.quick else 32))
+    print(f"CPU int8 features: {cpu_int8_features()}; images per model: {n_calib} calibration, {n_held} held-out")
+    out_root = Path(args.out)
+    out_root.mkdir(parents=True, exist_ok=True)
+    rows, int8_paths = [], {}
+    for name in names:
+        model = BY_NAME[name]
+        folder = Path(args.trained) / name
+        fp32 = folder / "model.onnx"
+        if not fp32.exists():
+            print(f"{name}: {fp32} missing; run scripts/trained_models.py first")
+            continue
+        calib = out_root / name / "calib"  # the first n_calib images, so every tool sees the same ones
+        if calib.exists():
+            shutil.rmtree(calib)
+        calib.mkdir(parents=True)
+        for p in files(folder / "calib")[:n_calib]:
+            shutil.copy(p, calib / p.name)
+        held = files(folder / "heldout")[:n_held]
+        calib_feeds = feeds(model, files(calib))
+        task = TASKS[name](model, folder)
+        ref_sess = session(fp32)
+        ref_raw, ref_task = raw_outputs(model, ref_sess, held), task.results(ref_sess, held)
+        for label, convert in variants(args):
+            out = out_root / name / (label.replace(" ", "_").replace("(", "").replace(")", "").replace(":", "")
+                                     .replace(".", "").replace("/", "") + ".onnx")
+            start = time.perf_counter()
+            try:
+                note = convert(model, fp32, out, calib, calib_feeds)
+                seconds = time.perf_counter() - start
+                sess = session(out)
+                sqnr = sqnr_per_output(ref_raw, raw_outputs(model, sess, held))
+                hits, total = task.score(ref_task, task.results(sess, held))
+            except Exception as exc:  # noqa: BLE001 - a tool failing on a model is a result, not a crash
+                text = str(exc).strip().splitlines()
+                rows.append((name, label, None, None, None, None, time.perf_counter() - start,
+                             f"failed: {text[-1][:160] if text else type(exc).__name__}"))
+                print(f"  {name:12s} {label:34s} {rows[-1][-1]}", flush=True)
+                continue
+            float_ops, compute = float_fraction(out)
+            rows.append((name, label, 100 * hits / max(total, 1), total, sqnr, 100 * float_ops / max(compute, 1),
+                         seconds, " ".join(note or [])))
+            int8_paths[(name, label)] = out
+            print(f"  {name:12s} {label:34s} {task.unit} {rows[-1][2]:6.1f} of {total}  "
+                  f"SQNR {' '.join(f'{v:.1f}' for v in sqnr)}  {seconds:.1f} s", flush=True)
+    if all(n in names for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")):
+        pages = files(Path(args.trained) / "ppocr_det" / "heldout")[:n_held]
+        e2e = PPEndToEnd(None, None)
+        fp32s = tuple(session(Path(args.trained) / n / "model.onnx") for n in ("ppocr_det", "ppocr_cls", "ppocr_rec"))
+        ref = e2e.results(fp32s, pages)
+        for label, _ in variants(args):
+            paths = [int8_paths.get((n, label)) for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")]
+            if None in paths:
+                continue
+            hits, total = e2e.score(ref, e2e.results(tuple(session(p) for p in paths), pages))
+            rows.append(("ppocr e2e", label, 100 * hits / max(total, 1), total, [], None, None,
+                         "det+cls+rec int8 in RapidOCR"))
+    table(rows)
+
+
+def table(rows) -> None:
+    print()
+    print("| model | int8 by | task metric (fp32 = 100) | output SQNR dB (min; per output) | float convs/matmuls % "
+          "| convert s | note |")
+    print("|---|---|---|---|---|---|---|")
+    for name, label, metric, total, sqnr, float_pct, seconds, note in rows:
+        unit = TASKS.get(name, PPEndToEnd).unit
+        m = f"{metric:.1f} {unit} (of {total})" if metric is not None else "-"
+        if sqnr:
+            s = f"{min(sqnr):.1f}" + (f" ({', '.join(f'{v:.1f}' for v in sqnr)})" if len(sqnr) > 1 else "")
+        else:
+            s = "-"
+        fp = f"{float_pct:.0f}" if float_pct is not None else "-"
+        sec = f"{seconds:.1f}" if seconds is not None else "-"
+        print(f"| {name} | {label} | {m} | {s} | {fp} | {sec} | {note} |")
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", help="trained models: 'all' or a comma-separated subset of "
+                                         "scripts/trained_models.py's names (without it: the demo benchmark)")
+    parser.add_argument("--trained", default="/work/trained", help="folder written by scripts/trained_models.py")
+    parser.add_argument("--out", default=str(ROOT / "out" / "bench_trained"), help="int8 models go here")
+    parser.add_argument("--quick", action="store_true", help="16 calibration / 8 held-out images, fewer variants")
+    parser.add_argument("--calib", type=int, default=0)
+    parser.add_argument("--heldout", type=int, default=0)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:OPTIONS",
+                        help="an extra quanttool convert run, e.g. 'trust:--target-sqnr 30' (repeatable)")
+    parser.add_argument("--algorithms", default=None,
+                        help="quanttool -a runs besides the defaults (default: kl,aciq,percentile,mse; --quick: kl,aciq)")
+    parser.add_argument("--anchors", default=None,
+                        help="other tools: ort (MinMax), ort-all (+ Entropy, Percentile), nncf (fast bias correction), "
+                             "nncf-all (+ full BiasCorrection, + none), quark (MinMax, per-channel), quark-all (+ CLE); comma-separated; "
+                             "quark needs --quark-python. Default: ort-all,nncf-all,quark-all (--quick: ort,nncf,quark)")
+    parser.add_argument("--quark-python", default=None,
+                        help="interpreter with amd-quark installed (it needs onnx <= 1.22); adds 'quark' runs")
+    args = parser.parse_args()
+    if args.algorithms is None:
+        args.algorithms = "kl,aciq" if args.quick else ",".join(QUANTTOOL_ALGORITHMS[1:])
+    if args.anchors is None:
+        args.anchors = "ort,nncf,quark" if args.quick else "ort-all,nncf-all,quark-all"
+    if args.models:
+        trained(args)
+    else:
+        demo()
 
 
 if __name__ == "__main__":
