@@ -80,14 +80,14 @@ def _preprocessing(names: Sequence[str], shapes: dict, mean, norm, color, resize
 
 
 class Inputs:
-    """The model and images as the options describe them, loaded and checked once."""
+    """The model and images as the options describe them, loaded and checked once: the model file is read once
+    (parsed and hashed from the same bytes) and each preparation is made and verified once per command."""
 
-    def __init__(self, model: Path, images: Sequence[str], shape: Sequence[str], mean, norm, color, resize,
-                 pad_value, focus: bool, max_images: int | None, threads: int):
-        self.path = Path(model)
-        self.model, data_files = prep.read_model(self.path)
-        self.files = [self.path, *data_files]  # what the model was read from (no output may replace them)
-        self.sha = prep.model_hash(self.path)
+    def __init__(self, model: Path | prep.Loaded, images: Sequence[str], shape: Sequence[str], mean, norm, color,
+                 resize, pad_value, focus: bool, max_images: int | None, threads: int):
+        loaded = model if isinstance(model, prep.Loaded) else prep.read(model)
+        self.path, self.model, self.sha = loaded.path, loaded.model, loaded.sha
+        self.files = loaded.files  # what the model was read from (no output may replace them)
         self.shapes = parse_shapes(shape)
         names = [info.name for info in prep.shapes.model_inputs(self.model.graph)]
         by_input = _preprocessing(names, self.shapes, mean, norm, color, resize, pad_value, focus)
@@ -97,6 +97,8 @@ class Inputs:
         self.roots = parse_image_dirs(images, [spec.name for spec in self.specs]) if images else None
         self.max_images = max_images
         self.threads = threads
+        self._prepared: dict[str, object] = {}
+        self._verified: list = []  # preparations whose outputs were compared with the original's
 
     @functools.cached_property
     def specs(self):
@@ -116,11 +118,26 @@ class Inputs:
 
     def static(self):
         """Prepared with the input dims fixed (what calibration and evaluation run)."""
-        return prep.prepare(self.model, self.specs, name=str(self.path), feeds=self.first_feeds())
+        if "static" not in self._prepared:
+            self._prepared["static"] = self._prepare(self.specs, self.first_feeds())
+        return self._prepared["static"]
 
     def dynamic(self):
         """Prepared with the model's own dims kept (what convert rewrites, so int8 keeps dynamic dims)."""
-        return prep.prepare(self.model, None, name=str(self.path))
+        if "dynamic" not in self._prepared:
+            self._prepared["dynamic"] = self._prepare(None, None)
+        return self._prepared["dynamic"]
+
+    def _prepare(self, specs, feeds):
+        name = str(self.path)
+        work = prep.prepare(self.model, specs, verify=False, name=name)
+        # A preparation with the nodes and weights of one already verified computes the same function, so
+        # one onnxruntime session pair verifies both (the static and dynamic copies of a model whose dims
+        # fold no shape chain); call static() first, so the pair runs on the first image.
+        if not any(prep.same_computation(work, done) for done in self._verified):
+            if prep.verify_prepared(self.model, work, specs, name, feeds):
+                self._verified.append(work)
+        return work
 
 
 EQUALIZED = "+equalize"  # suffix of the model hash recorded for an equalised model (tables, statistics)
@@ -358,13 +375,14 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     adjust = adjust or Adjust()
     inputs = Inputs(model, **options)
     _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
-    dynamic = _equalized(inputs.dynamic(), adjust.equalize)
     static = None
     if table is not None:
+        dynamic = _equalized(inputs.dynamic(), adjust.equalize)
         loaded = _load_table(table, inputs.sha, adjust.equalize)
-    else:
+    else:  # static first: its verification on the first image then covers the dynamic copy when they agree
         static = _equalized(inputs.static(), adjust.equalize)
         loaded = _calibrated(inputs, static, settings, stats_path, jobs, adjust.equalize)
+        dynamic = _equalized(inputs.dynamic(), adjust.equalize)
     params = loaded.params
     if adjust.needs_data:
         dynamic = _adjusted(inputs, dynamic, static, params, adjust, exclude, weight_bits)
@@ -494,11 +512,13 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
         int8 = prep.load_model(quantized)
         recorded = read_recipe(int8, quantized).get("preprocess")
     given = any(options[key] for key in ("mean", "norm", "color", "resize", "pad_value", "focus"))
+    source = model
     if recorded and not given:
-        names = [spec.name for spec in prep.shapes.model_inputs(prep.load_model(Path(model)).graph)]
+        source = prep.read(model)  # read once: the recipe's per-input options need its input names
+        names = [spec.name for spec in prep.shapes.model_inputs(source.model.graph)]
         options.update(recipe_preprocessing(recorded, names))
         info(f"preprocessing from {quantized}'s recipe: {_without_shape(recorded)}")
-    inputs = Inputs(model, **options)
+    inputs = Inputs(source, **options)
     _check_outputs(inputs, [quantized, table, labels], json=json_path, report=report_path)
     if recorded and given and _without_shape(describe(inputs.pp)) != _without_shape(recorded):
         warn(f"the preprocessing given ({_without_shape(describe(inputs.pp))}) differs from the one {quantized} "

@@ -16,13 +16,13 @@ from .fold_bn import fold_batchnorm
 from .fold_constants import fold_constants
 from .fold_pad import fold_pad_into_conv
 from .graph import name_nodes, remove_dead, topo_sort
-from .load import clamp_ir, load_model, model_hash, read_model
+from .load import Loaded, clamp_ir, load_model, model_hash, read, read_model
 from .opset import upgrade_opset
 from .passthrough import remove_passthrough
 from .shapes import fix_input_dims, infer_shapes, input_specs
 from .verify import verify_prepared
 
-__all__ = ["load_model", "read_model", "model_hash", "input_specs", "prepare"]
+__all__ = ["Loaded", "read", "load_model", "read_model", "model_hash", "input_specs", "prepare", "same_computation"]
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
@@ -123,3 +123,15 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
     if verify:
         verify_prepared(model, work, specs, name, feeds)  # feeds: realistic inputs if the caller has them
     return work
+
+
+def same_computation(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """True when two preparations of one model hold the same nodes, weights and graph inputs/outputs by name:
+    they compute the same function wherever both accept the input, so verifying one verifies the other there.
+    (The static and dynamic preparations of a model with no shape chain to fold differ only in declared dims.)"""
+    ga, gb = a.graph, b.graph
+    return (list(ga.node) == list(gb.node) and list(ga.initializer) == list(gb.initializer)
+            and list(ga.sparse_initializer) == list(gb.sparse_initializer)
+            and [i.name for i in ga.input] == [i.name for i in gb.input]
+            and [o.name for o in ga.output] == [o.name for o in gb.output]
+            and list(a.opset_import) == list(b.opset_import) and list(a.functions) == list(b.functions))

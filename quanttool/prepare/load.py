@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
+import os
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 import onnx
@@ -89,18 +92,71 @@ def _checker_message(error: Exception) -> str:
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read and validate an ONNX model; every problem is one QuantError line naming the file and the fix."""
-    return read_model(path)[0]
+    return read(path).model
 
 
 def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
     """load_model, plus the external data files the model was read from."""
+    loaded = read(path)
+    return loaded.model, loaded.files
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model file read once: the validated model, the files it was read from and the digest of their bytes."""
+
+    path: Path
+    model: onnx.ModelProto
+    files: list[Path]  # the model file, then its external data files (inputs: no output may replace them)
+    sha: str  # model_hash of the same bytes the model was parsed from
+
+
+def _external_views(model: onnx.ModelProto, path: Path) -> dict[str, memoryview]:
+    """Each external data file, mapped once by its location: hashed and sliced into tensors from the same pages."""
+    views = {}
+    for location in sorted({entry.value for tensor in _all_tensors(model.graph)
+                            if tensor.data_location == onnx.TensorProto.EXTERNAL
+                            for entry in tensor.external_data if entry.key == "location"}):
+        with open(path.parent / location, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            views[location] = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
+    return views
+
+
+def _digest(data: bytes, views: dict[str, memoryview]) -> str:
+    """sha256 of the model file's bytes, then of each external data file by location and contents (sorted)."""
+    digest = hashlib.sha256(data)
+    for location in sorted(views):
+        digest.update(b"\0external data\0" + location.encode("utf-8") + b"\0")
+        for start in range(0, len(views[location]), 1 << 24):
+            digest.update(views[location][start:start + (1 << 24)])
+    return digest.hexdigest()
+
+
+def _fill_external(model: onnx.ModelProto, views: dict[str, memoryview]) -> None:
+    """Move each external tensor's bytes into the model, as onnx's loader does (offset, then length or to the end)."""
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else None
+        view = views[info["location"]]
+        tensor.raw_data = bytes(view[offset:] if length is None else view[offset:offset + length])
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def read(path: str | Path) -> Loaded:
+    """Read the model file and its external data once each: parse, hash and validate from the same bytes."""
     path = Path(path)
     if not path.is_file():
         what = ("is a folder, not a model file" if path.is_dir() else
                 "is not a regular file" if path.exists() else "model file not found")
         raise QuantError(f"{path}: {what}; pass the path of an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        data = path.read_bytes()
+        model = onnx.load_model_from_string(data)
     except Exception as error:
         raise QuantError(f"{path}: not a readable ONNX model ({type(error).__name__}); "
                          "pass an .onnx file exported by PyTorch, Paddle or similar") from None
@@ -109,10 +165,13 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
                          "pass an .onnx file exported by PyTorch, Paddle or similar")
     data_files = _check_external_data(model, path)
     try:
-        external_data_helper.load_external_data_for_model(model, str(path.parent))
+        views = _external_views(model, path)
+        sha = _digest(data, views)
+        _fill_external(model, views)
     except Exception as error:
         raise QuantError(f"{path}: cannot read external data ({error}); keep the data files beside the model "
                          "and re-save it if they are truncated") from None
+    del data, views
     clamp_ir(model)
     try:
         if model.ByteSize() < MAX_CHECKER_BYTES:
@@ -122,31 +181,15 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
     except Exception as error:
         raise QuantError(f"{path}: ONNX checker failed: {_checker_message(error)}; "
                          "re-export the model or fix the named node") from None
-    return model, data_files
-
-
-def _external_locations(path: Path) -> list[str]:
-    """The external data files the model reads, by their relative location (sorted, each once)."""
-    model = onnx.load(str(path), load_external_data=False)
-    return sorted({entry.value for tensor in _all_tensors(model.graph)
-                   if tensor.data_location == onnx.TensorProto.EXTERNAL
-                   for entry in tensor.external_data if entry.key == "location"})
+    return Loaded(path, model, [path, *data_files], sha)
 
 
 def model_hash(path: str | Path) -> str:
     """sha256 hex digest of every byte the model reads: the model file, then each external data file (by its
     location and contents), so a cache keyed on it is invalidated when an external weight file changes. A
-    model without external data keeps the digest of its file alone (`sha256sum model.onnx`)."""
+    model without external data keeps the digest of its file alone (`sha256sum model.onnx`). (`read` gives the
+    same digest of the bytes it parsed, without reading the files again.)"""
     path = Path(path)
-    digest = hashlib.sha256()
-
-    def feed(file: Path) -> None:
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-
-    feed(path)
-    for location in _external_locations(path):  # load_model has already confined them to the model's folder
-        digest.update(b"\0external data\0" + location.encode("utf-8") + b"\0")
-        feed(path.parent / location)
-    return digest.hexdigest()
+    data = path.read_bytes()
+    model = onnx.load_model_from_string(data)  # external data not loaded: only its locations are needed
+    return _digest(data, _external_views(model, path))  # read has already confined them to the model's folder

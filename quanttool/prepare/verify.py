@@ -118,20 +118,21 @@ def mismatch(expected: np.ndarray, got: np.ndarray, noise: float = 0.0) -> str |
 
 
 def verify_prepared(original: onnx.ModelProto, prepared: onnx.ModelProto, specs: list | None, name: str,
-                    feeds: dict[str, np.ndarray] | None = None) -> None:
+                    feeds: dict[str, np.ndarray] | None = None) -> bool:
     """Raise QuantError when a float output of the prepared model differs from the original's. Integer and bool
     outputs (ArgMax, TopK indices, NMS) are not compared: legitimate fp32 rounding can flip them. `feeds`:
-    realistic inputs (a calibration image); seeded random values otherwise."""
+    realistic inputs (a calibration image); seeded random values otherwise. True when the outputs were compared,
+    False when the check could not run (no feed for dynamic dims, or onnxruntime cannot run the original)."""
     feeds = feeds if feeds is not None else random_feeds(original, specs)
     if feeds is None:
         log.debug("%s: dynamic input dims and no --shape; preparation not verified", name)
-        return
+        return False
     try:
         expected = _run(original, feeds)
     except Exception as error:
         warn(f"{name}: onnxruntime cannot run the original model ({first_line(error)[:200]}); "
              "graph preparation not verified")
-        return
+        return False
     try:
         got = _run(prepared, feeds)
     except Exception as error:
@@ -151,3 +152,4 @@ def verify_prepared(original: onnx.ModelProto, prepared: onnx.ModelProto, specs:
         if problem:
             raise QuantError(f"{name}: graph preparation changed output '{output}' ({problem}); "
                              "this is a quanttool bug, please report it with the model")
+    return True
