@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,12 +39,16 @@ def old_tree(ref: str, into: Path) -> Path:
     return into
 
 
-def timed(tree: Path, args: list[str]) -> float:
+def timed(tree: Path, args: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system of the process and its threads) of one run."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "quanttool", *map(str, args)], check=True, env=env, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "quanttool", *map(str, args)], check=True, env=env, cwd=tree,  # cwd first on sys.path
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -73,13 +78,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         trees = {"before": old_tree(opts.before, Path(folder)), "after": ROOT}
         for name, args in cases.items():
-            times: dict[str, list[float]] = {"before": [], "after": []}
+            times: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
             for k in range(opts.repeats):  # alternate (and swap the order each round) so load drifts hit both
                 for side in (("before", "after") if k % 2 == 0 else ("after", "before")):
                     times[side].append(timed(trees[side], args))
-            before, after = (statistics.median(times[s]) for s in ("before", "after"))
-            print(f"{name}: before ({opts.before}) {before:.2f} s, after {after:.2f} s, "
-                  f"saved {before - after:.2f} s, ratio {before / after:.2f} (medians of {opts.repeats})")
+            for j, kind in enumerate(("wall", "CPU")):
+                before, after = (statistics.median(t[j] for t in times[s]) for s in ("before", "after"))
+                print(f"{name}, {kind}: before ({opts.before}) {before:.2f} s, after {after:.2f} s, "
+                      f"saved {before - after:.2f} s, ratio {before / after:.2f} (medians of {opts.repeats})")
 
 
 if __name__ == "__main__":
