@@ -90,3 +90,102 @@ def emit_qdq(b: Builder, i: int, qset: set[str]) -> QuantizedOp | None:
     if group is None:
         return None
     return record(plan, group, "qdq", w_scales, bias_q, consts, stored)
+
+
+def _is_activation_q(node: onnx.NodeProto, inits: set[str]) -> bool:
+    return node.op_type == "QuantizeLinear" and node.input[0] not in inits
+
+
+def dedicate_pairs(graph: onnx.GraphProto) -> None:
+    """Give every reader of a quantized activation its own QuantizeLinear -> DequantizeLinear pair, sharing the
+    scale and zero point initializers (so the values are the same). Why: onnxruntime's default x86 session
+    first gives each reader its own DequantizeLinear, then QDQS8ToU8Transformer rewrites an int8 pair to uint8
+    only when the QuantizeLinear feeds exactly one DequantizeLinear and is no graph output; an op whose input
+    stays int8 is not fused and runs in float (a residual block's Conv and Add). onnxruntime's quantizer calls
+    this DedicatedQDQPair. The first reader keeps X_quantized / X_dequantized; the others read
+    X_quantized_k -> X_dequantized_k (k = 2, 3, ...). A DequantizeLinear that writes a graph output keeps only
+    that: every node reading it gets a pair of its own."""
+    inits = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    taken = inits | {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+    node_names = {n.name for n in graph.node}
+    slots: dict[str, list[tuple[onnx.NodeProto, int | None]]] = {}  # tensor -> (reader, input index | subgraphs)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            slots.setdefault(name, []).append((node, k))
+        for name in sorted(set().union(*(outer_names(sub) for sub in subgraphs(node)))):
+            slots.setdefault(name, []).append((node, None))
+
+    def fresh(base: str, used: set[str]) -> str:
+        k = 2
+        while f"{base}_{k}" in used:
+            k += 1
+        used.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    by_name = {t.name: t for t in graph.initializer}
+    new_inits: list[onnx.TensorProto] = []
+
+    def copy(template: onnx.NodeProto, inputs: list[str], output: str) -> onnx.NodeProto:
+        """template reading `inputs[0]`, writing `output`, with copies of its scale and zero point under new
+        names: onnxruntime's CommonSubexpressionElimination merges nodes with the same inputs back into one."""
+        new = onnx.NodeProto()
+        new.CopyFrom(template)
+        new.name = fresh(template.name, node_names)
+        new.input[0] = inputs[0]
+        new.output[0] = output
+        for k in range(1, len(new.input)):
+            init = onnx.TensorProto()
+            init.CopyFrom(by_name[template.input[k]])
+            init.name = new.input[k] = fresh(template.input[k], taken)
+            new_inits.append(init)
+        return new
+
+    def pair(q: onnx.NodeProto, dq: onnx.NodeProto, reader: onnx.NodeProto, k: int | None) -> list[onnx.NodeProto]:
+        """A new Q -> DQ copy of (q, dq) for one input slot of `reader`."""
+        dq_base = f"{dq.output[0]}_dequantized" if dq.output[0] in outputs else dq.output[0]
+        q_out, dq_out = fresh(q.output[0], taken), fresh(dq_base, taken)
+        if k is None:
+            for sub in subgraphs(reader):
+                rename_reads(sub, dq.output[0], dq_out, nested=True)
+        else:
+            reader.input[k] = dq_out
+        return [copy(q, [q.input[0]], q_out), copy(dq, [q_out], dq_out)]
+
+    after: dict[int, list[onnx.NodeProto]] = {}  # id(original QuantizeLinear) -> the new nodes that follow it
+    for q in [n for n in graph.node if _is_activation_q(n, inits)]:
+        readers = slots.get(q.output[0], [])
+        dqs = [(r, k) for r, k in readers if r.op_type == "DequantizeLinear" and k == 0]
+        if len(dqs) != len(readers) or not dqs:
+            continue  # a QLinear op reads X_quantized itself (qoperator form): nothing to split
+        for n, (dq, _) in enumerate(dqs):
+            new = []
+            if n > 0 or q.output[0] in outputs:  # this DequantizeLinear gets a QuantizeLinear of its own
+                q_out = fresh(q.output[0], taken)
+                new.append(copy(q, [q.input[0]], q_out))
+                dq.input[0] = q_out
+            shared = slots.get(dq.output[0], [])
+            for reader, k in shared[0 if dq.output[0] in outputs else 1:]:
+                new.extend(pair(q, dq, reader, k))
+            after.setdefault(id(q), []).extend(new)  # q precedes every reader
+    graph.initializer.extend(new_inits)
+    if after:
+        nodes = [m for node in graph.node for m in (node, *after.get(id(node), []))]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def duplicate_quantizers(graph: onnx.GraphProto) -> dict[str, str]:
+    """Output of each QuantizeLinear that repeats an earlier one (same input, scale and zero point, as
+    dedicate_pairs writes them) -> that earlier one's output: the same int8 values."""
+    inits = {t.name for t in graph.initializer}
+    first: dict[tuple, str] = {}
+    same = {}
+    for node in graph.node:
+        if _is_activation_q(node, inits):
+            key = (tuple(node.input), tuple((a.name, a.SerializeToString()) for a in node.attribute))
+            if key in first:
+                same[node.output[0]] = first[key]
+            else:
+                first[key] = node.output[0]
+    return same
