@@ -37,9 +37,6 @@ class Target:
     inputs_only: bool  # Q/DQ only on inputs of int8 ops (and the producer's output stays float) vs around each op
     int8_ops: frozenset[str] | None  # op types run in int8 (None: every op quanttool knows)
     per_channel: frozenset[str] = WEIGHT_OPS  # weight ops with per-output-channel scales (others per-tensor)
-    # one QuantizeLinear -> DequantizeLinear pair per reader of an activation (QDQ): onnxruntime's default x86
-    # session fuses an int8 op only when each of its input pairs is its own (rewrite/qdq.py dedicate_pairs)
-    dedicated_pairs: bool = False
 
     def zero_point_zero(self) -> bool:
         return self.schemes == ("symmetric",)
@@ -49,10 +46,9 @@ INPUT_QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add
 
 TARGETS = {
     "generic": Target("generic", "symmetric activations, int32 biases, QDQ: runs in onnxruntime and OpenVINO with "
-                      "their default settings", ("symmetric",), ("qdq",), True, False, None, dedicated_pairs=True),
+                      "their default settings", ("symmetric",), ("qdq",), True, False, None),
     "onnxruntime": Target("onnxruntime", "any scheme (auto: Relu folded into its producer), QDQ or QOperator",
-                          ("auto", "symmetric", "asymmetric"), ("qdq", "qoperator"), True, False, None,
-                          dedicated_pairs=True),
+                          ("auto", "symmetric", "asymmetric"), ("qdq", "qoperator"), True, False, None),
     "tensorrt": Target("tensorrt", "zero point 0 only, float biases, Q/DQ on the inputs of Conv/Gemm/MatMul/pooling/"
                        "residual Add only", ("symmetric",), ("qdq",), False, True, INPUT_QUANTIZED_OPS),
     "openvino": Target("openvino", "zero point 0, float biases, Q/DQ on the inputs of Conv/Gemm/MatMul/pooling/"

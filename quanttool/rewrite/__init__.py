@@ -40,7 +40,7 @@ from ..targets import TARGETS, Target
 from .builder import Builder
 from .params import hardware_params, tensor_shapes
 from .plan import QuantizedOp, all_tensor_names, float_tails, make_plan, validate_table
-from .qdq import dedicate_pairs, emit_qdq
+from .qdq import emit_qdq
 from .qoperator import emit_qoperator
 
 __all__ = ["ConvertResult", "QuantizedOp", "check_table", "convert", "hardware_params"]
@@ -135,8 +135,6 @@ def convert(model: onnx.ModelProto, table: dict | Table, *, fmt: str = "qdq", ex
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.inits)
     _drop_dead_qdq(graph)
-    if fmt == "qdq" and target.dedicated_pairs:
-        dedicate_pairs(graph)
     _drop_unused(graph)
     for domain in sorted(b.domains):
         if not any(o.domain == domain for o in model.opset_import):
