@@ -463,8 +463,9 @@ def _adjusted(inputs: Inputs, dynamic, static, params: dict, adjust, exclude, we
         raise UsageError("--bias-correct, --weight-clip and --adaround need the calibration images: -i DIR")
     static = static if static is not None else _equalized(inputs.static(), adjust.equalize)
     samples = discover(inputs.roots, inputs.max_images)
-    changes = adjust_weights(static, params, iter_samples(samples, inputs.specs, inputs.pp,
-                                                          threads=max(1, inputs.threads), report=LoadReport()),
+    report = LoadReport()  # one report over all passes (sequential statistics read the images once per depth)
+    changes = adjust_weights(static, params, lambda: iter_samples(samples, inputs.specs, inputs.pp,
+                                                                  threads=max(1, inputs.threads), report=report),
                              len(samples), adjust, exclude=exclude, bits=weight_bits, threads=inputs.threads)
     return apply_changes(dynamic, changes)
 

@@ -4,7 +4,8 @@
 - clip_search.py: per-channel weight clip minimising the layer's output error;
 - adaround.py: per-weight rounding up or down minimising the layer's output error;
 - bias_correction.py: the quantized layer's mean output error added to its bias;
-- layers.py: which layers, their calibration statistics (mean patches, Gram matrices), applying changes.
+- layers.py: which layers, their calibration statistics (mean patches, Gram matrices), applying changes;
+- sequential.py: the same statistics layer by layer on the inputs of the already-adjusted int8 model.
 
 `adjust_weights` runs the last three on a prepared model: the result is a float model whose weights lie
 on the int8 grid the rewrite then quantizes (exactly, by its own max|W_c| / 127 rule) and whose biases carry
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ from .adaround import adaround
 from .bias_correction import bias_correction
 from .clip_search import absmax_scale, grid_round, search_clip
 from .equalize import equalize
-from .layers import MAX_GRAM_BYTES, Change, apply_changes, collect, find_layers
+from .layers import MAX_GRAM_BYTES, Change, Layer, LayerStats, apply_changes, collect, find_layers
 
 __all__ = ["Adjust", "adjust_weights", "apply_changes", "equalize"]
 
@@ -42,60 +43,77 @@ class Adjust:
     weight_clip: bool = False
     adaround: bool = False
     time_limit: float = 600.0  # seconds for the rounding search over all layers
+    sequential: bool = False  # clip and rounding on the adjusted int8 model's inputs (sequential.py)
 
     @property
     def needs_data(self) -> bool:
         return self.bias_correct or self.weight_clip or self.adaround
 
     def describe(self) -> str:
-        on = [name for name in ("equalize", "bias_correct", "weight_clip", "adaround") if getattr(self, name)]
+        on = [name for name in ("equalize", "bias_correct", "weight_clip", "adaround", "sequential")
+              if getattr(self, name)]
         return ",".join(on) or "none"
 
 
-def adjust_weights(model: onnx.ModelProto, table: Mapping[str, QParam],
-                   samples: Iterable[tuple[str, Mapping[str, np.ndarray]]], total: int, options: Adjust, *,
+def adjust_weights(model: onnx.ModelProto, table: Mapping[str, QParam], samples, total: int, options: Adjust, *,
                    exclude: Sequence[str] = (), bits: int = 8, threads: int = 0) -> list[Change]:
-    """New weights and biases for every layer the rewrite quantizes, from one pass over the samples.
-    `model` is the prepared fp32 model with static shapes (equalised if the table was)."""
+    """New weights and biases for every layer the rewrite quantizes, from one pass over the samples
+    (sequential: one pass per depth level). `model` is the prepared fp32 model with static shapes (equalised
+    if the table was); `samples` an iterable of (key, feeds), or a function returning a fresh one (needed
+    for more than one pass; an iterable is then kept in memory)."""
     plan = make_plan(model, dict(table), exclude)
     quantized = {g.weight for g in plan.groups.values() if g.weight and g.weight_axis is not None}
     layers = [layer for layer in find_layers(model) if layer.weight in quantized]
     if not layers:
         return []
-    stats = collect(model, layers, table, samples, total, threads, want_gram=options.weight_clip or options.adaround)
+    want_gram = options.weight_clip or options.adaround
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
               if t.name in {layer.weight for layer in layers} | {layer.bias for layer in layers}}
     qmax = weight_qmax(bits)
     deadline = time.monotonic() + options.time_limit
-    changes, no_gram, late = [], 0, 0
-    for layer in tqdm(layers, unit="layer", desc="weights", dynamic_ncols=True):
-        st = stats[layer.weight]
-        w0 = arrays[layer.weight]
-        w = layer.matrix(w0).astype(np.float64)
-        scale = absmax_scale(w, qmax)
-        new = w0
-        if (options.weight_clip or options.adaround) and st.gram is None:
-            no_gram += 1
-        elif options.weight_clip or options.adaround:
-            if options.weight_clip:
-                scale = search_clip(w, st.gram, st.cross, qmax)
-            if options.adaround and time.monotonic() < deadline:
-                q, _ = adaround(w, scale, st.gram, st.cross, qmax, deadline=deadline)
-            else:
-                late += options.adaround
-                q = grid_round(w, scale, qmax)
-            new = layer.unmatrix(q * scale[..., None], w0)
-        bias = None
-        if options.bias_correct and layer.op_type != "MatMul":
-            wq = layer.matrix(new).astype(np.float64) if new is not w0 else \
-                grid_round(w, scale, qmax) * scale[..., None]
-            b0 = arrays[layer.bias].reshape(-1).astype(np.float64) if layer.bias else 0.0
-            bias = b0 + bias_correction(w, wq, st.mean)
-        if new is not w0 or bias is not None:
-            changes.append(Change(layer, new, bias))
-    if no_gram:
-        info(f"{no_gram} layer(s) have inputs too wide for the Gram matrices (K > "
+    counts = {"no_gram": 0, "late": 0}
+    if options.sequential and want_gram:
+        from .sequential import adjust_sequential
+
+        changes = adjust_sequential(model, set(plan.qtensors), layers, table, samples, total, threads, qmax,
+                                    deadline, lambda layer, st: _adjust_layer(layer, st, arrays, options, qmax,
+                                                                              deadline, counts))
+    else:
+        stats = collect(model, layers, table, samples() if callable(samples) else samples, total, threads,
+                        want_gram=want_gram)
+        changes = [change for layer in tqdm(layers, unit="layer", desc="weights", dynamic_ncols=True)
+                   for change in [_adjust_layer(layer, stats[layer.weight], arrays, options, qmax, deadline,
+                                                counts)] if change is not None]
+    if counts["no_gram"]:
+        info(f"{counts['no_gram']} layer(s) have inputs too wide for the Gram matrices (K > "
              f"{int(np.sqrt(MAX_GRAM_BYTES / 16))}): they keep round-to-nearest weights")
-    if late:
-        info(f"the rounding search ran out of its time limit: {late} layer(s) kept round-to-nearest")
+    if counts["late"]:
+        info(f"the rounding search ran out of its time limit: {counts['late']} layer(s) kept round-to-nearest")
     return changes
+
+
+def _adjust_layer(layer: Layer, st: LayerStats, arrays: dict, options: Adjust, qmax: int, deadline: float,
+                  counts: dict) -> Change | None:
+    """One layer's new weight and bias from its statistics; None when nothing changes."""
+    w0 = arrays[layer.weight]
+    w = layer.matrix(w0).astype(np.float64)
+    scale = absmax_scale(w, qmax)
+    new = w0
+    if (options.weight_clip or options.adaround) and st.gram is None:
+        counts["no_gram"] += 1
+    elif options.weight_clip or options.adaround:
+        if options.weight_clip:
+            scale = search_clip(w, st.gram, st.cross, qmax)
+        if options.adaround and time.monotonic() < deadline:
+            q, _ = adaround(w, scale, st.gram, st.cross, qmax, deadline=deadline)
+        else:
+            counts["late"] += options.adaround
+            q = grid_round(w, scale, qmax)
+        new = layer.unmatrix(q * scale[..., None], w0)
+    bias = None
+    if options.bias_correct and layer.op_type != "MatMul":
+        wq = layer.matrix(new).astype(np.float64) if new is not w0 else \
+            grid_round(w, scale, qmax) * scale[..., None]
+        b0 = arrays[layer.bias].reshape(-1).astype(np.float64) if layer.bias else 0.0
+        bias = b0 + bias_correction(w, wq, st.mean)
+    return Change(layer, new, bias) if new is not w0 or bias is not None else None

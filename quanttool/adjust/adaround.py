@@ -11,7 +11,8 @@ steps), greedy coordinate descent on the binary choices: start from round-to-nea
 column k flip every row whose flip lowers the loss, exactly, with the running product H = D G updated by
 a rank-1 step (H = W~ G - W C, half the gradient). Each accepted flip lowers the loss, so the result is never worse than round-to-nearest on the
 calibration data, every weight stays within one grid step of W / s (floor or ceil), and a sweep costs one
-matrix product. Sweeps stop when nothing flips or the time is up.
+matrix product. Sweeps stop when nothing flips or the time is up. A weight rounded to +-qmax is kept
+(the channel's scale depends on it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def adaround(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, cross: np.ndarr
     lo = np.clip(np.floor(x), -qmax, qmax)
     hi = np.clip(lo + 1, -qmax, qmax)
     q = np.clip(np.round(x), -qmax, qmax)
+    # a weight at +-qmax stays there: the rewrite derives each channel's scale from max|W_c| / qmax, so moving
+    # the channel's extreme weight inward would change the grid and re-round the whole channel
+    pinned = np.abs(q) == qmax
+    lo, hi = np.where(pinned, q, lo), np.where(pinned, q, hi)
     h = np.matmul(q * s, gram) - np.matmul(w, cross)  # [g, r, K]
     diag = np.einsum("gkk->gk", gram)[:, None, :]  # [g, 1, K]
     sweeps = 0

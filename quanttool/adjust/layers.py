@@ -169,9 +169,14 @@ class LayerStats:
     def qmean(self) -> np.ndarray:
         return self.qtotal / max(self.count, 1)
 
-    def update(self, x: np.ndarray, layer: Layer, qp: QParam | None, want_gram: bool) -> None:
+    def update(self, x: np.ndarray, layer: Layer, qp: QParam | None, want_gram: bool,
+               xq: np.ndarray | None = None) -> None:
+        """Add one batch: x the fp32 input; xq the int8 model's input (default: x fake-quantized with qp,
+        or x itself when qp is None)."""
+        if xq is None and qp is not None:
+            xq = fake_quant(x, qp)
         total, count = patch_sum(x, layer)
-        qtotal, _ = patch_sum(fake_quant(x, qp), layer) if qp is not None else (total, count)
+        qtotal, _ = patch_sum(xq, layer) if xq is not None else (total, count)
         if self.total is None:
             self.total, self.qtotal = np.zeros_like(total), np.zeros_like(qtotal)
             k = total.shape[1]
@@ -181,9 +186,9 @@ class LayerStats:
         self.qtotal += qtotal
         if not self.skip_gram:
             p = patches(x, layer)
-            pq = patches(fake_quant(x, qp), layer) if qp is not None else p
+            pq = patches(xq, layer) if xq is not None else p
             gram = np.matmul(pq, pq.transpose(0, 2, 1))  # float32 per image, summed in float64
-            cross = np.matmul(p, pq.transpose(0, 2, 1)) if qp is not None else gram
+            cross = np.matmul(p, pq.transpose(0, 2, 1)) if xq is not None else gram
             if self.gram is None:
                 self.gram, self.cross = np.zeros(gram.shape), np.zeros(gram.shape)
             self.gram += gram
