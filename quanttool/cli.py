@@ -301,6 +301,9 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     from .adjust import Adjust
 
     adjust = Adjust(equalize, bias_correct, weight_clip, adaround, adjust_time, sequential)
+    if sequential and not (adaround or weight_clip):
+        raise UsageError("--sequential changes how --adaround and --weight-clip measure a layer's error: "
+                         "give one of them too")
     if table is None and not inputs["images"]:
         raise UsageError("convert needs a table (-f TABLE.scale) or calibration images (-i DIR)")
     if table is not None and inputs["images"] and not adjust.needs_data:

@@ -266,6 +266,12 @@ def test_cli_equalize_table_mismatch_and_missing_images(tmp_path):
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(eq_table), "-o", str(out), "--equalize",
                                  "-i", str(images), "--bias-correct", "--adaround"])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out),
+                                 "-i", str(images), "--sequential"])
+    assert result.exit_code != 0 and "--sequential" in str(result.exception)
+    result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out),
+                                 "-i", str(images), "--adaround", "--sequential"])  # one pass per depth (3 here)
+    assert result.exit_code == 0, result.output
     x = rng.normal(size=(1, 3, 12, 12)).astype(np.float32)
     ref, got = run(model, {"x": x})[0], run_int8(prep.load_model(out), {"x": x})[0]
     assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 25
