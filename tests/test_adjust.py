@@ -391,3 +391,20 @@ def test_sequential_adaround_fits_layer_2_to_layer_1s_int8_output():
     assert (q_seq["w2"][0] != q_one["w2"][0]).any()
     # and the sequential choice gives the lower final-output error of the int8 model in onnxruntime
     assert _int8_error(model, seq, feeds) < _int8_error(model, one, feeds)
+
+
+def test_sequential_passes_group_layers_by_depth():
+    """Two branches on x, added, then a third layer: the branches share the first pass, g3 needs both."""
+    from quanttool.adjust.sequential import depth_levels
+
+    rng = np.random.default_rng(12)
+    w = lambda name, n, k: init(name, rng.normal(size=(n, k)).astype(np.float32))  # noqa: E731
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h1"], name="g1", transB=1),
+             helper.make_node("Gemm", ["x", "w2"], ["h2"], name="g2", transB=1),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu"),
+             helper.make_node("Add", ["h1", "r2"], ["s"], name="add"),
+             helper.make_node("Gemm", ["s", "w3"], ["y"], name="g3", transB=1)]
+    model = make_model(nodes, [tensor_info("x", [4, 6])], [tensor_info("y", [4, 3])],
+                       [w("w1", 5, 6), w("w2", 5, 6), w("w3", 3, 5)])
+    assert [[layer.node for layer in level] for level in depth_levels(model, find_layers(model))] == \
+        [["g1", "g2"], ["g3"]]

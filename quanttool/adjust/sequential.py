@@ -131,7 +131,7 @@ def adjust_sequential(model: onnx.ModelProto, quantized: set[str], layers: list[
         level = levels[k]
         if time.monotonic() > deadline:  # the rest in one pass, on the model adjusted so far
             level = [layer for rest in levels[k:] for layer in rest]
-            bar.total = bar.n + total * 1
+            bar.total = bar.n + total
             bar.refresh()
             k = len(levels)
         k += 1
