@@ -27,7 +27,7 @@ from quanttool.commands import Inputs
 from quanttool.inputs import discover, iter_samples
 from quanttool.runtime import session
 
-DEFAULT_RECIPES = ["", "--bias-correct", "--weight-clip", "--adaround", "--equalize",
+DEFAULT_RECIPES = ["", "--bias-correct", "--weight-clip", "--adaround --one-pass", "--adaround", "--equalize",
                    "--weight-clip --adaround", "--weight-clip --adaround --bias-correct"]
 
 

@@ -267,10 +267,10 @@ def test_cli_equalize_table_mismatch_and_missing_images(tmp_path):
                                  "-i", str(images), "--bias-correct", "--adaround"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out),
-                                 "-i", str(images), "--sequential"])
-    assert result.exit_code != 0 and "--sequential" in str(result.exception)
+                                 "-i", str(images), "--one-pass"])
+    assert result.exit_code != 0 and "--one-pass" in str(result.exception)
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out),
-                                 "-i", str(images), "--adaround", "--sequential"])  # one pass per depth (3 here)
+                                 "-i", str(images), "--adaround", "--one-pass"])
     assert result.exit_code == 0, result.output
     x = rng.normal(size=(1, 3, 12, 12)).astype(np.float32)
     ref, got = run(model, {"x": x})[0], run_int8(prep.load_model(out), {"x": x})[0]
@@ -351,8 +351,8 @@ def test_sequential_adaround_fits_layer_2_to_layer_1s_int8_output():
     rng = np.random.default_rng(11)
     model = _two_gemms(rng)
     feeds = [{"x": rng.normal(size=(16, 8)).astype(np.float32)} for _ in range(12)]
-    one, table = _pipeline(model, feeds, Adjust(adaround=True))
-    seq, _ = _pipeline(model, feeds, Adjust(adaround=True, sequential=True), table)
+    one, table = _pipeline(model, feeds, Adjust(adaround=True, one_pass=True))
+    seq, _ = _pipeline(model, feeds, Adjust(adaround=True), table)
     q_one, q_seq = _gemm_weights(one), _gemm_weights(seq)
     # layer 1 reads the graph input: the same statistics, the same choice, in both modes
     np.testing.assert_array_equal(q_seq["w1"][0], q_one["w1"][0])

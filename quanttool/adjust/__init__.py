@@ -43,24 +43,24 @@ class Adjust:
     weight_clip: bool = False
     adaround: bool = False
     time_limit: float = 600.0  # seconds for the rounding search over all layers
-    sequential: bool = False  # clip and rounding on the adjusted int8 model's inputs (sequential.py)
+    one_pass: bool = False  # clip and rounding on fp32 inputs (layers.py), not sequential (sequential.py)
 
     @property
     def needs_data(self) -> bool:
         return self.bias_correct or self.weight_clip or self.adaround
 
     def describe(self) -> str:
-        on = [name for name in ("equalize", "bias_correct", "weight_clip", "adaround", "sequential")
+        on = [name for name in ("equalize", "bias_correct", "weight_clip", "adaround", "one_pass")
               if getattr(self, name)]
         return ",".join(on) or "none"
 
 
 def adjust_weights(model: onnx.ModelProto, table: Mapping[str, QParam], samples, total: int, options: Adjust, *,
                    exclude: Sequence[str] = (), bits: int = 8, threads: int = 0) -> list[Change]:
-    """New weights and biases for every layer the rewrite quantizes, from one pass over the samples
-    (sequential: one pass per depth level). `model` is the prepared fp32 model with static shapes (equalised
-    if the table was); `samples` an iterable of (key, feeds), or a function returning a fresh one (needed
-    for more than one pass; an iterable is then kept in memory)."""
+    """New weights and biases for every layer the rewrite quantizes, from one pass over the samples (one
+    per depth level for --weight-clip/--adaround unless one_pass: sequential.py). `model` is the prepared
+    fp32 model with static shapes (equalised if the table was); `samples` an iterable of (key, feeds), or a
+    function returning a fresh one (needed for more than one pass; an iterable is then kept in memory)."""
     plan = make_plan(model, dict(table), exclude)
     quantized = {g.weight for g in plan.groups.values() if g.weight and g.weight_axis is not None}
     layers = [layer for layer in find_layers(model) if layer.weight in quantized]
@@ -72,7 +72,7 @@ def adjust_weights(model: onnx.ModelProto, table: Mapping[str, QParam], samples,
     qmax = weight_qmax(bits)
     deadline = time.monotonic() + options.time_limit
     counts = {"no_gram": 0, "late": 0}
-    if options.sequential and want_gram:
+    if want_gram and not options.one_pass:
         from .sequential import adjust_sequential
 
         changes = adjust_sequential(model, set(plan.qtensors), layers, table, samples, total, threads, qmax,
