@@ -224,7 +224,3 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Itera
         for key in keys:
             taken[key] = f"the {option} file"
 
-
-def check_distinct(output: str | os.PathLike, *inputs: str | os.PathLike | None, option: str = "--output") -> None:
-    """Refuse an output path that would overwrite one of the inputs (any spelling, symlink or hard link)."""
-    check_outputs({option: output}, inputs)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .evaluate.isolated import _Graph
+from .evaluate.isolated import FakeQuantGraph
 from .qparams import QParam
 from .rewrite import upgrade_opset
 from .rewrite.plan import Plan, float_tails, make_plan
@@ -91,7 +91,7 @@ class Simulator:
         graph = model.graph
         original = list(graph.node)
         del graph.node[:]
-        g = _Graph(graph, self.bits)
+        g = FakeQuantGraph(graph, self.bits)
         emitted: dict[tuple, list[str]] = {}  # node key -> its output names in the new graph
         weights: dict[int, dict[int, str]] = {}  # node index -> {input position: dequantized constant}
         nodes: list[onnx.NodeProto] = []
@@ -116,7 +116,7 @@ class Simulator:
         graph.node.extend(nodes)
         return Variants(model, results[1:])
 
-    def _emit(self, g: _Graph, node, i: int, inputs: list[str], int8_consts: bool, weights: dict,
+    def _emit(self, g: FakeQuantGraph, node, i: int, inputs: list[str], int8_consts: bool, weights: dict,
               nodes: list, first: bool) -> list[str]:
         clone = onnx.NodeProto()
         clone.CopyFrom(node)
@@ -136,7 +136,7 @@ class Simulator:
         nodes.append(clone)
         return list(clone.output)
 
-    def _constants(self, g: _Graph, i: int, cache: dict, nodes: list) -> dict[int, str]:
+    def _constants(self, g: FakeQuantGraph, i: int, cache: dict, nodes: list) -> dict[int, str]:
         """Node i's weight, bias and constant operands as the converter stores them (int8/int32 + DQ), once."""
         if i in cache:
             return cache[i]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from quanttool.errors import QuantError, UsageError
-from quanttool.fileio import atomic_open, check_distinct, check_output, check_outputs, write_bytes
+from quanttool.fileio import atomic_open, check_output, check_outputs, write_bytes
 
 
 def test_new_file_gets_umask_mode_and_existing_file_keeps_its_mode(tmp_path):
@@ -43,7 +43,7 @@ def test_missing_folder_and_output_equal_to_input(tmp_path):
         write_bytes(tmp_path / "nope" / "x.bin", b"")
     (tmp_path / "m.onnx").write_bytes(b"")
     with pytest.raises(QuantError, match="--output"):
-        check_distinct(tmp_path / "m.onnx", tmp_path / "m.onnx")
+        check_outputs({"--output": tmp_path / "m.onnx"}, [tmp_path / "m.onnx"])
 
 
 def test_check_outputs_sees_through_every_spelling_and_link(tmp_path):

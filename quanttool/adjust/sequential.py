@@ -27,7 +27,8 @@ import onnx
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from ..evaluate.isolated import _Graph, _qparam
+from ..evaluate.isolated import FakeQuantGraph
+from ..rewrite.plan import table_qparam
 from ..prepare.graph import subgraphs
 from ..qparams import QParam
 from ..runtime import session
@@ -57,12 +58,12 @@ def fake_quant_model(model: onnx.ModelProto, table: Mapping[str, QParam], quanti
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    g = _Graph(graph, 8)
+    g = FakeQuantGraph(graph, 8)
     nodes: list[onnx.NodeProto] = []
     fq: dict[str, str] = {}
 
     def add(name: str) -> None:
-        qp = _qparam(table, name)
+        qp = table_qparam(table, name)
         if name in quantized and qp is not None:
             fq[name] = g.fake_quant(name, qp, nodes)
 

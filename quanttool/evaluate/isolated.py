@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..qparams import QParam, qrange
 from ..rewrite import upgrade_opset
-from ..rewrite.plan import QuantizedOp, make_plan
+from ..rewrite.plan import QuantizedOp, make_plan, table_qparam
 from ..rewrite.weights import bias_scale
 
 SUFFIX = "__eval"
@@ -34,12 +34,7 @@ class Isolated:
     notes: list[str]
 
 
-def _qparam(table: dict, name: str) -> QParam | None:
-    qp = table.get(name)
-    return qp if isinstance(qp, QParam) or qp is None else QParam(*qp)
-
-
-class _Graph:
+class FakeQuantGraph:
     """Appends fake-quant nodes and initializers to a graph under unique `__eval` names."""
 
     def __init__(self, graph: onnx.GraphProto, bits: int) -> None:
@@ -115,7 +110,7 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], int8
     plan = make_plan(model, table, ())
     by_name = {plan.names[i]: i for i in range(len(plan.graph.node))}
     graph = model.graph
-    g = _Graph(graph, bits)
+    g = FakeQuantGraph(graph, bits)
     fq_nodes: list[onnx.NodeProto] = []
     clones: list[onnx.NodeProto] = []
     outputs: dict[str, str] = {}
@@ -123,7 +118,7 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], int8
 
     for op in quantized:
         index = by_name.get(op.node)
-        out_qp = _qparam(table, op.output)
+        out_qp = table_qparam(table, op.output)
         if index is None or out_qp is None:
             notes.append(f"{op.node}: not found in the fp32 model or no table entry for {op.output!r}; "
                          f"no isolated measurement")
@@ -134,12 +129,12 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], int8
         clone.CopyFrom(node)
         clone.name = g.unique(op.node)
         inputs = list(node.input)
-        missing = [x for x in op.inputs if _qparam(table, x) is None]
+        missing = [x for x in op.inputs if table_qparam(table, x) is None]
         if missing:
             notes.append(f"{op.node}: no table entry for input {missing[0]!r}; no isolated measurement")
             continue
         for x in dict.fromkeys(op.inputs):
-            fq = g.fake_quant(x, _qparam(table, x), fq_nodes)
+            fq = g.fake_quant(x, table_qparam(table, x), fq_nodes)
             inputs = [fq if name == x else name for name in inputs]
         stored = _stored(int8, op)
         if isinstance(stored, str):
@@ -156,7 +151,7 @@ def build(fp32: onnx.ModelProto, table: dict, quantized: list[QuantizedOp], int8
                 if len(bias) == 1 and bias[0].dtype.kind == "f":  # a float bias (--target tensorrt, openvino)
                     inputs[2] = g.constant(group.bias, bias[0])
                 elif len(bias) == 1:  # QLinearConv/QGemm: int32 at scale s_in * s_w[c], as the kernel applies it
-                    scale = bias_scale(_qparam(table, op.inputs[0]).scale,
+                    scale = bias_scale(table_qparam(table, op.inputs[0]).scale,
                                        np.broadcast_to(stored[group.weight][1], bias[0].shape))
                     bias = [bias[0], scale, np.zeros(scale.shape, np.int32)]
                 if len(bias) == 3:

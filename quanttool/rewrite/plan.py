@@ -138,7 +138,7 @@ def _float_islands(graph: onnx.GraphProto, groups: dict, consumers: dict[str, li
 
 def _magnitude(table: dict, name: str) -> float | None:
     """The largest |value| the table's int8 grid represents for `name`."""
-    qp = _qparam(table, name)
+    qp = table_qparam(table, name)
     if qp is None:
         return None
     return max(abs(-128 - qp.zero_point), abs(127 - qp.zero_point)) * qp.scale
@@ -316,7 +316,7 @@ def make_plan(model: onnx.ModelProto, table: dict, exclude=(), target: Target | 
         act = graph.node[j]
         if act.op_type not in ACTIVATIONS or excluded(j) or act.output[0] not in floats:
             continue
-        if absorbable(act, _qparam(table, act.output[0]), constants):
+        if absorbable(act, table_qparam(table, act.output[0]), constants):
             group.act, group.outputs = j, [act.output[0]]
             absorbed[j] = i
 
@@ -404,7 +404,7 @@ def _fused_residuals(graph: onnx.GraphProto, groups: dict, consumers: dict[str, 
     return fused
 
 
-def _qparam(table: dict, name: str) -> QParam | None:
+def table_qparam(table: dict, name: str) -> QParam | None:
     qp = table.get(name)
     return qp if isinstance(qp, QParam) or qp is None else QParam(*qp)
 
@@ -428,7 +428,7 @@ def validate_table(model: onnx.ModelProto, table: dict, plan: Plan, where=lambda
             raise QuantError(f"{where(name)}{name!r} is not a tensor of this model; the table was probably made "
                              f"for another model, re-run calibrate")
     for name in plan.qtensors:
-        qp = _qparam(table, name)
+        qp = table_qparam(table, name)
         if qp is None:
             raise QuantError(f"{source}tensor '{name}' has no entry in the table; re-run calibrate for this model")
         if not (np.isfinite(qp.scale) and qp.scale > 0):
