@@ -108,6 +108,16 @@ def _split_entry(line: str, where: str) -> tuple[str, str, str]:
     return fields[0], fields[1], fields[2]
 
 
+def _foreign_format(line: str) -> str:
+    """Which of the other formats calibrate writes (--table-format) this first entry line belongs to, if any."""
+    if line.startswith("TRT-") and line.endswith("Calibration2"):
+        return "a TensorRT calibration cache (--table-format tensorrt-cache)"
+    fields = line.split()  # ncnn: `<layer>_param_0 s1 s2 ...` (a scale per channel) first, then `<layer> s`
+    if not line.startswith('"') and (len(fields) > 3 or fields[0].endswith("_param_0")):
+        return "an ncnn int8 table (--table-format ncnn)"
+    return ""
+
+
 def read_table(path: str | Path, bits: int = 8) -> Table:
     """Parse and validate a table; every problem names the file and line and says how to fix it."""
     path = Path(path)
@@ -129,6 +139,9 @@ def read_table(path: str | Path, bits: int = 8) -> Table:
             if sep:
                 table.meta[key.strip()] = _decode(value.strip(" \t"))
             continue
+        if not table.params and not table.meta and (foreign := _foreign_format(line)):
+            raise QuantError(f"{path} is {foreign}, for that runtime only; convert -f reads quanttool's own table: "
+                             f"write one with `quanttool calibrate --table-format scale` (the default)")
         name, scale_text, zp_text = _split_entry(line, where)
         try:
             scale = float(scale_text)

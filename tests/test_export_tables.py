@@ -93,3 +93,17 @@ def test_calibrate_writes_tensorrt_cache_with_minmax_scales(tmp_path):
     for name in ("x", "y"):
         lo, hi = ranges[name]
         assert scales[name] == pytest.approx(max(-lo, hi) / 127, rel=1e-6)
+
+
+@pytest.mark.parametrize("table_format, named", [("ncnn", "ncnn int8 table"), ("tensorrt-cache", "TensorRT calibration cache")])
+def test_convert_names_a_runtime_table_it_cannot_read(tmp_path, table_format, named):
+    """A table written for ncnn or TensorRT fed back to convert -f: the error says which format it is and
+    how to get quanttool's own table, instead of a parse error about numbers on line 1."""
+    from quanttool.table import read_table
+    write(table_format, tmp_path / "t.table", Table(dict(PARAMS)), small_model())
+    with pytest.raises(QuantError) as error:
+        read_table(tmp_path / "t.table")
+    assert named in str(error.value) and "--table-format scale" in str(error.value)
+    write("tengine", tmp_path / "t.tengine", Table(dict(PARAMS)), small_model())  # `name scale 0`: readable
+    assert {name: qp.scale for name, qp in read_table(tmp_path / "t.tengine").params.items()} == \
+        pytest.approx({name: qp.scale for name, qp in PARAMS.items()}, rel=1e-6)
