@@ -502,29 +502,42 @@ def sensitivity_model(model: Path, table: Path | None, settings: Settings, *, ex
     return sens.render_text(report, top=top)
 
 
+def _inputs_with_recipe(model: Path, int8, quantized: Path | None, options: dict) -> Inputs:
+    """Inputs for MODEL; with no preprocessing option given, the preprocessing convert recorded in the int8
+    model's recipe (images must reach both models as they reached calibration); a different one given is
+    used, with a warning."""
+    recorded = None
+    for entry in int8.metadata_props if int8 is not None else ():
+        if entry.key == RECIPE_KEY:  # damaged or absent: no preprocessing to take (read_recipe names the damage)
+            try:
+                recorded = json.loads(entry.value).get("preprocess")
+            except (ValueError, AttributeError):
+                pass
+    recorded = recorded if isinstance(recorded, str) else None
+    given = any(options[key] for key in ("mean", "norm", "color", "resize", "pad_value", "focus"))
+    source = model
+    if recorded and not given:
+        source = prep.read(model)  # read once: the recipe's per-input options need its input names
+        names = [spec.name for spec in prep.shapes.model_inputs(source.model.graph)]
+        options = {**options, **recipe_preprocessing(recorded, names)}
+        info(f"preprocessing from {quantized}'s recipe: {_without_shape(recorded)}")
+    inputs = Inputs(source, **options)
+    if recorded and given and _without_shape(describe(inputs.pp)) != _without_shape(recorded):
+        warn(f"the preprocessing given ({_without_shape(describe(inputs.pp))}) differs from the one {quantized} "
+             f"was calibrated with ({_without_shape(recorded)}); drop the preprocessing options to use the recorded "
+             f"one")
+    return inputs
+
+
 def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, fmt: str, labels: Path | None,
                    json_path: Path | None, report_path: Path | None, top: int, **options) -> str:
     from . import evaluate as ev
     from .inputs import LoadReport, discover, iter_samples
     from .rewrite import convert
 
-    recorded = None
-    if quantized is not None:
-        int8 = prep.load_model(quantized)
-        recorded = read_recipe(int8, quantized).get("preprocess")
-    given = any(options[key] for key in ("mean", "norm", "color", "resize", "pad_value", "focus"))
-    source = model
-    if recorded and not given:
-        source = prep.read(model)  # read once: the recipe's per-input options need its input names
-        names = [spec.name for spec in prep.shapes.model_inputs(source.model.graph)]
-        options.update(recipe_preprocessing(recorded, names))
-        info(f"preprocessing from {quantized}'s recipe: {_without_shape(recorded)}")
-    inputs = Inputs(source, **options)
+    int8 = prep.load_model(quantized) if quantized is not None else None
+    inputs = _inputs_with_recipe(model, int8, quantized, options)
     _check_outputs(inputs, [quantized, table, labels], json=json_path, report=report_path)
-    if recorded and given and _without_shape(describe(inputs.pp)) != _without_shape(recorded):
-        warn(f"the preprocessing given ({_without_shape(describe(inputs.pp))}) differs from the one {quantized} "
-             f"was calibrated with ({_without_shape(recorded)}); drop the preprocessing options to use the recorded "
-             f"one")
     label_map = ev.read_labels(labels) if labels is not None else None
     # One preparation serves both sides: the static graph has the same node and tensor names as the dynamic
     # one convert rewrote, so converting it again lists the same quantized ops.
@@ -580,7 +593,7 @@ def simulate_model(model: Path, params_path: Path, *, rounding: str, json_path: 
     from .inputs import LoadReport, discover, iter_samples
     from .simulate import compare, render
 
-    inputs = Inputs(model, **options)
+    inputs = _inputs_with_recipe(model, prep.load_model(model), model, options)  # MODEL is the int8 model
     _check_outputs(inputs, [params_path], json=json_path)
     try:
         params = json.loads(read_text(params_path))  # a regular file only (a FIFO would hang)

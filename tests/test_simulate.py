@@ -162,6 +162,10 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
     for i in range(3):
         np.save(tmp_path / "npy" / f"{i}.npy", rng.normal(size=(3, 16, 16)).astype(np.float32))
     common = ["-i", str(tmp_path / "npy")]
+
+    def errors(capsys):  # the error lines (simulate first says it takes the recipe's preprocessing)
+        return "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
+                         if "preprocessing from" not in line)
     with pytest.raises(SystemExit) as exit_:
         main(["convert", "-m", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--params",
               str(tmp_path / "p.json"), *common])
@@ -179,7 +183,7 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
     (tmp_path / "o.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
-    err = capsys.readouterr().err.strip()
+    err = errors(capsys)
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "not_a_node" in err and "--params" in err
     # an older params file without the fields simulate needs: one line, exit 1
     for layer in other["layers"]:
@@ -188,19 +192,19 @@ def test_cli_simulate_reports_and_rejects_a_foreign_params_file(tmp_path, capsys
     (tmp_path / "o.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
-    err = capsys.readouterr().err.strip()
+    err = errors(capsys)
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "attributes" in err and "convert --params" in err
     # a damaged entry (not a dict) is called damaged, not "lacks 'int' object is not subscriptable"
     other["layers"][0] = 5
     (tmp_path / "o.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "o.json"), *common])
-    err = capsys.readouterr().err.strip()
+    err = errors(capsys)
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "an entry is damaged" in err and "lacks" not in err
     # the fp32 model instead of the int8 one: one line saying so
     with pytest.raises(SystemExit) as exit_:
         main(["simulate", "-m", str(tmp_path / "m.onnx"), "--params", str(tmp_path / "p.json"), *common])
-    err = capsys.readouterr().err.strip()
+    err = errors(capsys)
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "int8 model" in err
 
 
@@ -247,3 +251,29 @@ def test_params_of_another_conversion_is_named():
     trt = convert(model, table, target=TARGETS["tensorrt"]).model
     with pytest.raises(QuantError, match=r"^--params p\.json: int8 tensor '[^']+_quantized' is not in the model.*written together"):
         compare(trt, generic, feeds, where="--params p.json")
+
+
+def test_simulate_takes_the_preprocessing_convert_recorded(tmp_path, capsys):
+    """Without preprocessing options simulate feeds the images as convert saw them (the recipe's gray, 1/255):
+    the same report as with the options spelled out; other options given are used, with a warning."""
+    root = Path(__file__).parent.parent
+    demo, pre = root / "demo" / "digits_mobilenet.onnx", ["--color", "gray", "--norm", "0.00392156862745098"]
+    images = ["-i", str(root / "demo" / "heldout"), "--max-images", "4"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", "-m", str(demo), "-i", str(root / "calibration_data"), *pre, "--max-images", "20",
+              "--check-images", "0", "-o", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "p.json")])
+    assert exit_.value.code == 0
+
+    def simulate(name, *options):
+        with pytest.raises(SystemExit) as exit_:
+            main(["simulate", "-m", str(tmp_path / "q.onnx"), "--params", str(tmp_path / "p.json"), *images,
+                  *options, "--json", str(tmp_path / name)])
+        assert exit_.value.code == 0
+        return json.loads((tmp_path / name).read_text()), capsys.readouterr().err
+
+    explicit, err = simulate("a.json", *pre)
+    assert "differs" not in err
+    recorded, err = simulate("b.json")
+    assert recorded == explicit and "preprocessing from" in err
+    wrong, err = simulate("c.json", "--color", "gray")  # norm 1 instead of 1/255
+    assert "differs from the one" in err and wrong != explicit
