@@ -8,11 +8,18 @@ import onnxruntime as ort
 from .errors import QuantError, first_line
 
 
-def session(model: onnx.ModelProto, threads: int = 0, what: str = "model",
-            config: dict[str, str] | None = None) -> ort.InferenceSession:
-    """A CPU session; `config` adds onnxruntime session config entries (e.g. session.disable_quant_qdq)."""
+def session(model: onnx.ModelProto | str, threads: int = 0, what: str = "model",
+            config: dict[str, str] | None = None, optimize: bool = True,
+            save_optimized: str | None = None) -> ort.InferenceSession:
+    """A CPU session of a model (or a model file); `config` adds onnxruntime session config entries (e.g.
+    session.disable_quant_qdq). optimize=False runs the graph as given (one onnxruntime already optimized);
+    `save_optimized` is where onnxruntime writes its optimized graph."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if save_optimized:
+        options.optimized_model_filepath = save_optimized
     options.log_severity_level = 3  # onnxruntime's warnings would break the progress bars
     entries = {
         # Keep int8 QDQ as int8: by default onnxruntime on x86 rewrites it to uint8 and runs U8S8 kernels that
@@ -25,7 +32,8 @@ def session(model: onnx.ModelProto, threads: int = 0, what: str = "model",
     for key, value in entries.items():
         options.add_session_config_entry(key, value)
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, str) else model.SerializeToString()
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types
         raise QuantError(f"{what}: onnxruntime cannot load it: {first_line(exc)}") from None
 
