@@ -1,12 +1,13 @@
 """Benchmark the whole `quanttool calibrate -a kl` process against a plain decode + inference pass, in one run.
 
-    python scripts/bench_calibrate.py [--images 200] [--repeats 3] [--jobs 1,0] [--rss 100,400]
+    python scripts/bench_calibrate.py [--images 200] [--repeats 3] [--jobs 1,0] [--threads 0] [--rss 100,400]
 
 Prints the CPU's int8 features, then, side by side (alternating runs, medians, so machine noise hits all alike):
 - plain: scripts/bench_plain.py, a whole process that decodes and preprocesses every image with quanttool's
   input pipeline and runs the fp32 model once per image in a default onnxruntime session;
 - `python -m quanttool calibrate -a kl` (prepare, observe, KL thresholds, table), a whole process, once per
-  --jobs value (0: quanttool's default), with its ratio to the plain pass;
+  --jobs value (0: quanttool's default) and --threads value (onnxruntime threads, 0: its default), with its
+  ratio to the plain pass;
 - start-up: `quanttool --help` vs `python -c pass`, median of 11 runs each;
 - memory: peak RSS of the calibrate process at the --rss image counts, and the ratio of the last to the first;
 - threshold search: choosing KL thresholds for every tensor from the collected statistics (in process).
@@ -39,11 +40,11 @@ def peak_rss_mb(args: list[str], env: dict | None = None) -> float:
 CPU: dict[str, list[float]] = {}  # CPU seconds (user + system) of each timed child process, by label
 
 
-def wall(args: list[str], label: str | None = None) -> float:
+def wall(args: list[str], label: str | None = None, env: dict | None = None) -> float:
     """Wall time of one child process; its CPU time goes to CPU[label] (robust to other jobs on the machine)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True)
+    subprocess.run(args, check=True, capture_output=True, env={**os.environ, **(env or {})})
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if label:
@@ -56,26 +57,32 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", default="1,0", help="comma-separated --jobs values to time")
+    parser.add_argument("--threads", default="0", help="comma-separated calibrate --threads values to time")
+    parser.add_argument("--env", action="append", default=[], metavar="VAR=VALUE",
+                        help="also time each variant with this environment variable set (e.g. QUANTTOOL_NO_BLOCKED=1)")
     parser.add_argument("--rss", default="100,400", help="comma-separated image counts for peak RSS ('' skips)")
     args = parser.parse_args()
     rss_counts = [int(n) for n in args.rss.split(",") if n]
     model_path, image_dir = mobilenet(max([args.images, *rss_counts]))
-    jobs = [int(j) for j in args.jobs.split(",")]
+    envs = [""] + args.env
+    variants = [(int(j), int(t), e) for j in args.jobs.split(",") for t in args.threads.split(",") for e in envs]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_calibrate_"))
     plain = [sys.executable, str(SCRIPTS / "bench_plain.py"), str(model_path), str(image_dir), str(args.images)]
 
-    def calibrate(j: int, n: int = args.images) -> list[str]:
+    def calibrate(j: int, n: int = args.images, t: int = 0) -> list[str]:
         return [sys.executable, "-m", "quanttool", "calibrate", "-m", str(model_path), "-i", str(image_dir),
                 "--mean", MEAN, "--norm", NORM, "--resize", "center-crop", "-a", "kl", "--max-images", str(n),
-                "-j", str(j), "-o", str(tmp / "t.scale")]
+                "-j", str(j), "--threads", str(t), "-o", str(tmp / "t.scale")]
 
     wall(plain)  # warm-up: file cache
-    times: dict[str, list[float]] = {"plain": [], **{f"j{j}": [] for j in jobs}}
+    labels = {v: f"calibrate -a kl -j {v[0]} --threads {v[1]}" + (f" {v[2]}" if v[2] else "") for v in variants}
+    times: dict[str, list[float]] = {"plain": [], **{labels[v]: [] for v in variants}}
     for _ in range(args.repeats):  # alternate, so machine noise hits every variant alike
         times["plain"].append(wall(plain, "plain"))
-        for j in jobs:
-            times[f"j{j}"].append(wall(calibrate(j), f"j{j}"))
+        for j, t, e in variants:
+            env = dict([e.split("=", 1)]) if e else None
+            times[labels[j, t, e]].append(wall(calibrate(j, t=t), labels[j, t, e], env))
 
     helps = {"python -c pass": [sys.executable, "-c", "pass"],
              "quanttool --help": [sys.executable, "-m", "quanttool", "--help"]}
@@ -108,10 +115,10 @@ def main() -> None:
     print("wall time (medians of alternating runs) and CPU time (user + system, all threads and processes):")
     print(f"plain decode + inference (process) : {base:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in times['plain'])})"
           f"  CPU {base_cpu:.2f} s")
-    for j in jobs:
-        t, c = times[f"j{j}"], med(CPU[f"j{j}"])
-        label = f"calibrate -a kl -j {j}"
-        print(f"{label:<35}: {med(t):7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t)})  "
+    width = max(35, *(len(label) for label in labels.values()))
+    for label in labels.values():
+        t, c = times[label], med(CPU[label])
+        print(f"{label:<{width}}: {med(t):7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t)})  "
               f"ratio {med(t) / base:.2f}x;  CPU {c:.2f} s, ratio {c / base_cpu:.2f}x")
     for key, values in startup.items():
         print(f"{key:<35}: {med(values):7.3f} s   (median of 11)  CPU {med(CPU[key]):.3f} s")
