@@ -60,28 +60,35 @@ def observing_session(model: onnx.ModelProto, names: list[str], threads: int, wh
         config = {"session.optimized_model_external_initializers_file_name": "weights.bin",
                   "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
         plain = session(exposed, threads, what, config=config, save_optimized=path)
-        optimized = onnx.load(path, load_external_data=False)
-        graph = optimized.graph
-        wanted = set(names) - {out.name for out in model.graph.output}
-        consumed = {name for node in graph.node for name in node.input}
-        swap, channels, keep = {}, {}, []
-        for node in graph.node:
-            out = node.output[0] if node.output else ""
-            c = _attribute(node, "channels", 0)
-            if (node.op_type == "ReorderOutput" and node.domain == "com.microsoft.nchwc" and out in wanted
-                    and out not in consumed and c > 0 and c % PADDING_FREE == 0):
-                swap[out] = node.input[0]
-                channels[node.input[0]] = c
-            else:
-                keep.append(node)
-        if not swap:  # no blocked layout here (another CPU, no Conv): the plain session is the one
+        try:
+            return _swapped(path, model, names, threads, what) or Blocked(plain, list(names), list(names))
+        except Exception:  # noqa: BLE001 - only a speed-up: an optimized graph we cannot rewrite runs as it is
             return Blocked(plain, list(names), list(names))
-        del graph.node[:]
-        graph.node.extend(keep)
-        for out in graph.output:
-            if out.name in swap:
-                out.CopyFrom(onnx.ValueInfoProto(name=swap[out.name]))
-        onnx.save(optimized, path)  # the weights stay in weights.bin, referenced relative to the folder
-        sess = session(path, threads, what, optimize=False)
-    outputs = [swap.get(name, name) for name in names]
-    return Blocked(sess, outputs, list(names), channels)
+
+
+def _swapped(path: str, model: onnx.ModelProto, names: list[str], threads: int, what: str) -> Blocked | None:
+    """The optimized graph at `path` fetching blocked tensors instead of their reorders; None if none can be."""
+    optimized = onnx.load(path, load_external_data=False)
+    graph = optimized.graph
+    wanted = set(names) - {out.name for out in model.graph.output}
+    consumed = {name for node in graph.node for name in node.input}
+    swap, channels, keep = {}, {}, []
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        c = _attribute(node, "channels", 0)
+        if (node.op_type == "ReorderOutput" and node.domain == "com.microsoft.nchwc" and out in wanted
+                and out not in consumed and c > 0 and c % PADDING_FREE == 0):
+            swap[out] = node.input[0]
+            channels[node.input[0]] = c
+        else:
+            keep.append(node)
+    if not swap:  # no blocked layout here (another CPU, no Conv): the plain session is the one
+        return None
+    del graph.node[:]
+    graph.node.extend(keep)
+    for out in graph.output:
+        if out.name in swap:
+            out.CopyFrom(onnx.ValueInfoProto(name=swap[out.name]))
+    onnx.save(optimized, path)  # the weights stay in weights.bin, referenced relative to the folder
+    sess = session(path, threads, what, optimize=False)
+    return Blocked(sess, [swap.get(name, name) for name in names], list(names), channels)

@@ -80,3 +80,18 @@ def test_no_blocked_environment_variable(monkeypatch):
     monkeypatch.setenv("QUANTTOOL_NO_BLOCKED", "1")
     model, names = conv_chain()
     assert blocked.observing_session(model, names, 1, "test").outputs == names
+
+
+def test_an_optimized_graph_that_cannot_be_rewritten_runs_plain(monkeypatch):
+    def broken(*args):
+        raise ValueError("unreadable optimized graph")
+
+    monkeypatch.setattr(blocked, "_swapped", broken)
+    model, names = conv_chain()
+    observing = blocked.observing_session(model, names, 1, "test")
+    x = np.random.default_rng(3).normal(0, 1, (1, 3, 20, 20)).astype(np.float32)
+    got = observing.sess.run(observing.outputs, {"x": x})
+    want = ort.InferenceSession(with_outputs(model, names).SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(names, {"x": x})
+    assert observing.outputs == names
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
