@@ -86,7 +86,7 @@ def main() -> None:
         print(f"  {label:<48}: {ms:7.2f}  ({ms / fp32:.2f}x fp32)")
     for label, seconds in cpu.items():
         per = seconds / n * 1e3
-        note = f", {calls[label]} calls" if calls[label] and calls[label] != n else ""
+        note = f", {calls[label]} calls spread over the {n} images" if calls[label] and calls[label] != n else ""
         print(f"  {label:<48}: {per:7.2f}  ({per / fp32:.2f}x fp32{note})")
     print(f"  {'evaluate -q, whole command (all threads)':<48}: {total / n * 1e3:7.2f}  "
           f"({total / n * 1e3 / fp32:.2f}x fp32; includes preparation, isolated build, decode)")
