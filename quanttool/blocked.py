@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .errors import QuantError
 from .runtime import session, with_outputs
 
 PADDING_FREE = 16  # the largest NCHWc block MLAS uses (AVX-512); C % 16 == 0 means no padding for any block
@@ -59,7 +60,10 @@ def observing_session(model: onnx.ModelProto, names: list[str], threads: int, wh
         # big initializers go to a side file: the graph is all this needs to rewrite
         config = {"session.optimized_model_external_initializers_file_name": "weights.bin",
                   "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
-        plain = session(exposed, threads, what, config=config, save_optimized=path)
+        try:
+            plain = session(exposed, threads, what, config=config, save_optimized=path)
+        except QuantError:  # maybe only the saving failed: the plain session says what is wrong, if anything
+            return Blocked(session(exposed, threads, what), list(names), list(names))
         try:
             return _swapped(path, model, names, threads, what) or Blocked(plain, list(names), list(names))
         except Exception:  # noqa: BLE001 - only a speed-up: an optimized graph we cannot rewrite runs as it is
