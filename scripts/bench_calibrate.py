@@ -10,7 +10,10 @@ Prints the CPU's int8 features, then, side by side (alternating runs, medians, s
   ratio to the plain pass;
 - start-up: `quanttool --help` vs `python -c pass`, median of 11 runs each;
 - memory: peak RSS of the calibrate process at the --rss image counts, and the ratio of the last to the first;
-- threshold search: choosing KL thresholds for every tensor from the collected statistics (in process).
+- threshold search: choosing KL thresholds for every tensor from the collected statistics (in process);
+- with --split N: CPU time of both processes at 1 and at N images (alternating, medians), split into a fixed
+  part and a part per image (the difference over N - 1 images): the per-image ratio is what the ratio tends
+  to with many images.
 """
 
 from __future__ import annotations
@@ -60,10 +63,12 @@ def main() -> None:
     parser.add_argument("--threads", default="0", help="comma-separated calibrate --threads values to time")
     parser.add_argument("--env", action="append", default=[], metavar="VAR=VALUE",
                         help="also time each variant with this environment variable set (e.g. QUANTTOOL_NO_BLOCKED=1)")
+    parser.add_argument("--split", type=int, default=0, metavar="N",
+                        help="also split CPU time into fixed and per-image parts from runs at 1 and N images")
     parser.add_argument("--rss", default="100,400", help="comma-separated image counts for peak RSS ('' skips)")
     args = parser.parse_args()
     rss_counts = [int(n) for n in args.rss.split(",") if n]
-    model_path, image_dir = mobilenet(max([args.images, *rss_counts]))
+    model_path, image_dir = mobilenet(max([args.images, args.split, *rss_counts]))
     envs = [""] + args.env
     variants = [(int(j), int(t), e) for j in args.jobs.split(",") for t in args.threads.split(",") for e in envs]
 
@@ -90,6 +95,11 @@ def main() -> None:
     for _ in range(11):
         for key, cmd in helps.items():
             startup[key].append(wall(cmd, key))
+
+    for _ in range(args.repeats if args.split else 0):
+        for n in (1, args.split):
+            wall(plain[:-1] + [str(n)], f"plain {n}")
+            wall(calibrate(1, n), f"calibrate {n}")
 
     rss = {n: peak_rss_mb(calibrate(1, n)) for n in rss_counts}  # one process: its peak is the whole footprint
 
@@ -127,6 +137,14 @@ def main() -> None:
     if len(rss_counts) > 1:
         print(f"ratio RSS {rss_counts[-1]} / {rss_counts[0]}               : {rss[rss_counts[-1]] / rss[rss_counts[0]]:7.3f}")
     print(f"KL thresholds, all tensors         : {t_kl * 1000:7.1f} ms  (median of 5)")
+    if args.split:
+        per = {}
+        for what in ("plain", "calibrate"):
+            one, many = med(CPU[f"{what} 1"]), med(CPU[f"{what} {args.split}"])
+            per[what] = (many - one) / (args.split - 1)
+            print(f"{what + ' CPU, fixed / per image':<35}: {one - per[what]:7.2f} s  / {per[what] * 1000:6.1f} ms  "
+                  f"(1 and {args.split} images, medians of {args.repeats})")
+        print(f"{'per-image CPU ratio':<35}: {per['calibrate'] / per['plain']:7.2f}x")
 
 
 if __name__ == "__main__":
