@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .evaluate.report import OutputReport
 from .evaluate.report_text import fmt_db
 from .sensitivity import measure, score
 from .variants import Layer, Simulator
@@ -31,23 +32,83 @@ class Fallback:
     before_db: float           # simulated lowest output SQNR, all int8
     after_db: float            # the same with `kept` float
     target_db: float | None
-    layers: int                # quantizable layers in the model
-    weight_share: float        # fraction of the weight values that stay float
+    layers: list[Layer]        # every quantizable layer of the model
+    alone_db: dict[int, float]  # per layer index: the ranking's output SQNR with only that layer int8
     reached: bool
+    measured: int = 0          # "all int8 but the first k" configurations measured on the slice
+    passes: int = 0            # passes over the slice they took
+
+    @property
+    def weight_share(self) -> float:
+        """Fraction of the weight values that stay float."""
+        return _share(self.kept, self.layers, "weights")
 
     def summary(self) -> str:
         names = ", ".join(layer.name for layer in self.kept) or "none"
         goal = f"target {self.target_db:g} dB" if self.target_db is not None else "best within --max-fp32-ops"
-        text = (f"fallback ({goal}): kept float {names} ({len(self.kept)} of {self.layers} quantizable layers, "
+        text = (f"fallback ({goal}): kept float {names} ({len(self.kept)} of {len(self.layers)} quantizable layers, "
                 f"{self.weight_share * 100:.1f}% of the weights); simulated output SQNR "
-                f"{fmt_db(self.before_db)} -> {fmt_db(self.after_db)} dB")
+                f"{fmt_db(self.before_db)} -> {fmt_db(self.after_db)} dB ({self.measured} configurations measured "
+                f"in {self.passes} pass{'' if self.passes == 1 else 'es'} over the slice)")
         if not self.reached:
             text += "; the target is NOT reached within the budget"
+        int8 = [layer for layer in self.layers if layer not in self.kept]
+        macs = _share(int8, self.layers, "macs")
+        text += (f"\n  int8 coverage: {len(int8)} of {len(self.layers)} layers, "
+                 f"{_share(int8, self.layers, 'weights') * 100:.1f}% of the weights"
+                 + ("" if macs is None else f", {macs * 100:.1f}% of the conv/matmul multiply-accumulates"))
+        for layer in self.kept:
+            cost = f"{_share([layer], self.layers, 'weights') * 100:.1f}% of the weights"
+            share = _share([layer], self.layers, "macs")
+            cost += "" if share is None else f", {share * 100:.1f}% of the multiply-accumulates"
+            text += (f"\n  kept float: {layer.name} ({layer.op_type}; alone int8 {fmt_db(self.alone_db[layer.index])}"
+                     f" dB; {cost})")
         return text
+
+
+def _share(part: list[Layer], whole: list[Layer], field: str) -> float | None:
+    """Fraction of `field` (weights or macs) of `whole` that `part` holds; None when a value is unknown."""
+    values = [getattr(layer, field) for layer in whole]
+    if any(v is None for v in values):
+        return None
+    total = sum(values)
+    return sum(getattr(layer, field) for layer in part) / total if total else 0.0
 
 
 RANK_IMAGES = 8
 SPLIT = 3  # interior points measured per narrowing run
+
+
+def noise_ratios(result: dict[str, OutputReport]) -> dict[tuple[str, str], float]:
+    """Noise-to-signal power per output, per part of a mixed-range output (the worst part decides, so each part
+    is predicted on its own): the quantity that adds up when independent errors meet at the output."""
+    ratios = {}
+    for name, out in result.items():
+        for part, db in [(p.channels, p.sqnr_db) for p in out.parts] or [("", out.sqnr_db)]:
+            if not math.isnan(db):
+                ratios[(name, part)] = 10.0 ** (-db / 10.0)  # inf dB -> 0, -inf dB -> inf
+    return ratios
+
+
+def predict(ranking_ratios: list[dict], all_int8: dict) -> list[float]:
+    """Predicted lowest output SQNR of "all int8 but the first k" for k = 0..len(ranking_ratios).
+
+    First order, the output errors the layers cause on their own add up in power: "all but the first k" is the
+    sum of the "only L int8" ratios of the layers after k. Tensors shared by two int8 layers are counted by both,
+    and errors compound, so per output part the sum is scaled to the measured all-int8 ratio (the k = 0 point).
+    It only chooses which k the search measures first: the choice is always a measured k."""
+    keys = list(all_int8)
+    tails = [{key: 0.0 for key in keys}]
+    for ratios in reversed(ranking_ratios):
+        tails.append({key: tails[-1][key] + ratios.get(key, 0.0) for key in keys})
+    tails.reverse()  # tails[k] = sum over the layers ranked after k
+    scale = {key: all_int8[key] / tails[0][key] if tails[0][key] > 0 else 1.0 for key in keys}
+
+    def db(tail: dict) -> float:
+        worst = max((scale[key] * tail[key] for key in keys), default=0.0)
+        return math.inf if worst == 0 else -10.0 * math.log10(worst)
+
+    return [db(tail) for tail in tails]
 
 
 def search(sim: Simulator, samples: list, *, target_db: float | None, max_float: int | None, threads: int = 0,
@@ -57,23 +118,38 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     everything = frozenset(layer.index for layer in layers)
     ranking_samples = [samples[i * len(samples) // RANK_IMAGES] for i in range(RANK_IMAGES)] \
         if len(samples) > RANK_IMAGES else samples
-    ranked_runs, _ = measure(sim, [{layer.index} for layer in layers], load(ranking_samples),
+    ranked_runs, _ = measure(sim, [everything] + [{layer.index} for layer in layers], load(ranking_samples),
                              len(ranking_samples), threads=threads, desc="rank layers")
-    only = {layer.index: score(result) for layer, result in zip(layers, ranked_runs)}
-    ranking = sorted(layers, key=lambda layer: (only[layer.index], layer.index))
+    only = {layer.index: result for layer, result in zip(layers, ranked_runs[1:])}
+    ranking = sorted(layers, key=lambda layer: (score(only[layer.index]), layer.index))
     budget = len(layers) if max_float is None else min(max_float, len(layers))
     scores: dict[int, float] = {}
+    passes = 0
 
     def run(ks: list[int], desc: str) -> None:
         ks = [k for k in dict.fromkeys(ks) if k not in scores]
+        if not ks:
+            return
         configs = [everything - {layer.index for layer in ranking[:k]} for k in ks]
         results, _ = measure(sim, configs, load(samples), len(samples), threads=threads, desc=desc)
+        nonlocal passes
+        passes += 1
         scores.update({k: score(result) for k, result in zip(ks, results)})
 
     def reaches(k: int) -> bool:
         return target_db is not None and scores[k] >= target_db
 
-    run([0] + [min(2 ** j, budget) for j in range(budget.bit_length() + 1) if budget], "search")
+    ladder = [0] + [min(2 ** j, budget) for j in range(budget.bit_length() + 1) if budget]
+    if target_db is None:
+        run(ladder, "search")
+    else:  # first the predicted k and its neighbours; the doubling ladder only when none of them reaches
+        predicted = predict([noise_ratios(only[layer.index]) for layer in ranking[:budget]],
+                            noise_ratios(ranked_runs[0]))
+        guess = next((k for k, db in enumerate(predicted) if db >= target_db), budget)
+        step = max(1, guess // 4)
+        run([k for k in (0, guess - step, guess, guess + step) if 0 <= k <= budget], "search")
+        if not any(reaches(k) for k in scores):
+            run([k for k in ladder if k > max(scores)], "search")
     if target_db is not None and any(reaches(k) for k in scores):
         high = min(k for k in scores if reaches(k))
         low = max([k for k in scores if k < high], default=high)
@@ -86,10 +162,9 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     else:
         k = max(sorted(scores), key=lambda j: (scores[j] if not math.isnan(scores[j]) else -math.inf, -j))
         reached = target_db is None
-    kept = ranking[:k]
-    total = sum(layer.weights for layer in layers)
-    share = sum(layer.weights for layer in kept) / total if total else 0.0
-    return Fallback(kept, scores[0], scores[k], target_db, len(layers), share, reached)
+    return Fallback(ranking[:k], scores[0], scores[k], target_db, layers,
+                    {layer.index: score(result) for layer, result in zip(layers, ranked_runs[1:])}, reached,
+                    len(scores), passes)
 
 def choose(static, params: dict, inputs, *, exclude, weight_bits: int, int8_outputs: bool, target=None,
            target_db: float | None, max_float: int | None, images: int) -> Fallback:

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper
 
 from .evaluate.isolated import FakeQuantGraph
+from .prepare.graph import is_static, tensor_shapes
 from .qparams import QParam
 from .rewrite import upgrade_opset
 from .rewrite.plan import Plan, float_tails, make_plan
@@ -41,6 +42,27 @@ class Layer:
     name: str            # node name (what --exclude takes)
     op_type: str
     weights: int         # number of weight values (0 for ops without weights)
+    macs: int | None = None  # multiply-accumulates per image (None: a shape is unknown)
+
+
+def multiply_accumulates(node: onnx.NodeProto, weight: np.ndarray | None, shapes: dict) -> int | None:
+    """Per image, of a Conv/ConvTranspose/Gemm/MatMul (0 for other ops: elementwise work is negligible), so the
+    fallback can say how much of the compute stays int8; weights alone understate early high-resolution convs."""
+    def elements(name):
+        shape = shapes.get(name)
+        return int(np.prod(shape)) if is_static(shape) else None
+
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return 0
+    out, inp = elements(node.output[0]), elements(node.input[0])
+    if node.op_type == "Conv" and weight is not None and out is not None:
+        return out * (weight.size // weight.shape[0])          # each output value: Cin/group * kernel products
+    if node.op_type == "ConvTranspose" and weight is not None and inp is not None:
+        return inp * (weight.size // weight.shape[0])          # each input value: Cout/group * kernel products
+    shape_out, shape_in = shapes.get(node.output[0]), shapes.get(node.input[0])
+    if out is None or not shape_out or not shape_in or shape_in[-1] is None:
+        return None
+    return out * (weight.size // shape_out[-1] if weight is not None else shape_in[-1])  # out values * K
 
 
 @dataclass
@@ -64,7 +86,9 @@ class Simulator:
         outputs = {o.name for o in plan.graph.output} - read
         self.float_outputs = (set() if int8_outputs else float_tails(plan, outputs)) | plan.float_outputs
         self.plan: Plan = plan
-        self.layers = [Layer(i, g.name, g.op_type, int(g.weight_array.size) if g.weight_array is not None else 0)
+        shapes = tensor_shapes(plan.graph)
+        self.layers = [Layer(i, g.name, g.op_type, int(g.weight_array.size) if g.weight_array is not None else 0,
+                             multiply_accumulates(plan.graph.node[i], g.weight_array, shapes))
                        for i, g in plan.groups.items() if g.kind == "compute"]
 
     def qp(self, name: str) -> QParam:

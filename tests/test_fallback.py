@@ -140,3 +140,98 @@ def test_search_stops_at_zero_when_all_int8_already_reaches_the_target():
     result = search(Simulator(model, table), feeds, target_db=1000.0, max_float=1, load=lambda s: iter(s))
     assert [layer.name for layer in result.kept] == ["c2"] and not result.reached
     assert "NOT reached" in result.summary()
+
+
+def test_predicted_search_points_equal_the_measurement_where_errors_add_exactly():
+    """The search measures first where the first-order prediction (the "only L int8" output errors add up in
+    power) says the target is reached. On three independent branches (one input, one 3x3 conv, one output each)
+    every output's error comes from one layer, so the prediction is exact: for every k it must equal the measured
+    SQNR of "all int8 but the first k" (the planted culprit's branch is the worst and ranks first)."""
+    from quanttool.fallback import noise_ratios, predict
+    from quanttool.sensitivity import measure, score
+    from quanttool.variants import Simulator
+
+    rng = np.random.default_rng(4)
+    nodes, inits, inputs, outputs = [], [], [], []
+    for k, spread in enumerate((0.3, 0.3, 0.3)):
+        w = rng.normal(0, spread, size=(4, 3, 3, 3)).astype(np.float32)
+        if k == 1:
+            w[:, 0, 0, 0] = 30.0  # the culprit's largest weight sets a coarse scale for the others
+        inits.append(init(f"w{k}", w))
+        nodes.append(helper.make_node("Conv", [f"x{k}", f"w{k}"], [f"y{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]))
+        inputs.append(tensor_info(f"x{k}", [1, 3, 6, 6]))
+        outputs.append(tensor_info(f"y{k}", [1, 4, 6, 6]))
+    model = make_model(nodes, inputs, outputs, inits)
+    feeds = [(str(i), {f"x{k}": rng.normal(size=(1, 3, 6, 6)).astype(np.float32) for k in range(3)})
+             for i in range(3)]
+    feeds = [(key, {**f, "x1": np.concatenate([np.zeros((1, 1, 6, 6), np.float32), f["x1"][:, 1:]], axis=1)})
+             for key, f in feeds]  # conv1's input channel 0 is always 0: its large weight never contributes
+    sim = Simulator(model, calibrate(model, [f for _, f in feeds]))
+    everything = frozenset(layer.index for layer in sim.layers)
+    results, _ = measure(sim, [everything] + [{layer.index} for layer in sim.layers], iter(feeds), len(feeds))
+    ranked = sorted(zip(sim.layers, results[1:]), key=lambda pair: (score(pair[1]), pair[0].index))
+    assert ranked[0][0].name == "conv1"
+    predicted = predict([noise_ratios(result) for _, result in ranked], noise_ratios(results[0]))
+    configs = [everything - {layer.index for layer, _ in ranked[:k]} for k in range(len(ranked) + 1)]
+    measured, _ = measure(sim, configs, iter(feeds), len(feeds))
+    assert len(set(np.round(predicted[:3], 3))) == 3 and predicted[3] == np.inf
+    np.testing.assert_allclose(predicted[:3], [score(m) for m in measured[:3]], rtol=0, atol=1e-6)
+    assert score(measured[3]) == np.inf
+
+
+def _head_model():
+    """A YOLO-style head: a trunk conv (ReLU; channel 0 always 0), a box branch in pixels (x640) and a score branch
+    (Sigmoid) whose conv is the planted culprit (a weight 300x the others on the dead channel), concatenated along
+    the last axis as [1, 64, 6] = 4 box values next to 2 scores."""
+    rng = np.random.default_rng(5)
+    w0 = rng.normal(0, 0.3, size=(6, 3, 3, 3)).astype(np.float32)
+    b0 = rng.normal(0, 0.1, size=6).astype(np.float32)
+    b0[0] = -100.0
+    wb = (rng.normal(0, 0.3, size=(4, 6, 1, 1)) * 640).astype(np.float32)
+    ws = rng.normal(0, 0.3, size=(2, 6, 1, 1)).astype(np.float32)
+    ws[:, 0] = 100.0
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["t"], name="trunk", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["t"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wb"], ["box"], name="box"),
+             helper.make_node("Conv", ["r", "ws"], ["logit"], name="score"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid"),
+             helper.make_node("Reshape", ["box", "shape4"], ["box2"], name="box_flat"),
+             helper.make_node("Reshape", ["prob", "shape2"], ["prob2"], name="prob_flat"),
+             helper.make_node("Concat", ["box2", "prob2"], ["cat"], name="cat", axis=1),
+             helper.make_node("Transpose", ["cat"], ["y"], name="rows", perm=[0, 2, 1])]
+    inits = [init("w0", w0), init("b0", b0), init("wb", wb), init("ws", ws),
+             init("shape4", np.array([1, 4, 64], np.int64)), init("shape2", np.array([1, 2, 64], np.int64))]
+    return make_model(nodes, [tensor_info("x", [1, 3, 8, 8])], [tensor_info("y", [1, 64, 6])], inits)
+
+
+def test_fallback_judges_a_detection_head_per_part(tmp_path):
+    """Box coordinates (hundreds of pixels) dominate one SQNR over the whole output, so all int8 already passes
+    the target that way while the scores do not; the fallback judges the score part on its own, keeps the score
+    branch's culprit conv float, and onnxruntime's int8 model then reaches the target on the scores too."""
+    model = _head_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    xs = [rng.normal(size=(3, 8, 8)).astype(np.float32) for _ in range(40)]
+    for i, x in enumerate(xs):
+        np.save(folder / f"{i:03d}.npy", x)
+    held = [{"x": x[None]} for i, x in enumerate(xs) if i % 5]
+    ref = np.concatenate([run(model, f)[0] for f in held])
+
+    def real(int8_model):  # (whole-output SQNR, box part, score part) in onnxruntime
+        got = np.concatenate([run_int8(int8_model, f)[0] for f in held])
+        return _db(ref, got), _db(ref[..., :4], got[..., :4]), _db(ref[..., 4:], got[..., 4:])
+
+    table = calibrate(model, [{"x": xs[i * 5][None]} for i in range(8)])
+    whole, boxes, scores = real(convert(model, table).model)
+    target = 25.0
+    assert whole > target + 5 and boxes > target + 5 and scores < target - 5  # one SQNR would be fooled
+    out = tmp_path / "q.onnx"
+    text = convert_model(path, out, None, Settings("minmax"), fmt="qdq", exclude=(), params_path=None,
+                         images=[str(folder)], max_images=8, check_images=32, target_sqnr=target, **OPTIONS)
+    assert "kept float score (1 of 5 quantizable layers" in text
+    assert "kept float: score (Conv; alone int8 " in text
+    whole, boxes, scores = real(onnx.load(str(out)))
+    assert scores >= target and boxes >= target
