@@ -33,7 +33,8 @@ class Fallback:
     after_db: float            # the same with `kept` float
     target_db: float | None
     layers: list[Layer]        # every quantizable layer of the model
-    alone_db: dict[int, float]  # per layer index: the ranking's output SQNR with only that layer int8
+    alone_db: dict[int, float]  # layer index -> output SQNR with only that layer int8 (layers measured alone)
+    group_db: dict[int, float]  # layer index -> output SQNR with only its group int8 (the others)
     reached: bool
     measured: int = 0          # "all int8 but the first k" configurations measured on the slice
     passes: int = 0            # passes over the slice they took
@@ -61,8 +62,9 @@ class Fallback:
             cost = f"{_share([layer], self.layers, 'weights') * 100:.1f}% of the weights"
             share = _share([layer], self.layers, "macs")
             cost += "" if share is None else f", {share * 100:.1f}% of the multiply-accumulates"
-            text += (f"\n  kept float: {layer.name} ({layer.op_type}; alone int8 {fmt_db(self.alone_db[layer.index])}"
-                     f" dB; {cost})")
+            alone = (f"alone int8 {fmt_db(self.alone_db[layer.index])} dB" if layer.index in self.alone_db else
+                     f"its group of {GROUP} int8 {fmt_db(self.group_db[layer.index])} dB")
+            text += f"\n  kept float: {layer.name} ({layer.op_type}; {alone}; {cost})"
         return text
 
 
@@ -76,6 +78,8 @@ def _share(part: list[Layer], whole: list[Layer], field: str) -> float | None:
 
 
 RANK_IMAGES = 8
+GROUP = 4       # consecutive layers screened as one configuration before the worst groups are measured per layer
+MARGIN_DB = 3.0  # headroom the groups left unmeasured must be predicted to leave (first order is approximate)
 SPLIT = 3  # interior points measured per narrowing run
 
 
@@ -111,6 +115,57 @@ def predict(ranking_ratios: list[dict], all_int8: dict) -> list[float]:
     return [db(tail) for tail in tails]
 
 
+@dataclass
+class Ranking:
+    layers: list[Layer]             # most harmful first
+    ratios: list[dict]              # per ranked layer: its output noise ratios (noise_ratios)
+    alone: dict[int, float]         # layer index -> output SQNR with only it int8 (layers measured alone)
+    group_db: dict[int, float]      # layer index -> output SQNR with only its group int8 (layers screened)
+    all_int8: dict[str, OutputReport]
+    passes: int
+
+
+def rank(sim: Simulator, samples: list, load, *, target_db: float | None, budget: int, threads: int = 0) -> Ranking:
+    """Most harmful first, by the output SQNR with only that layer int8; screened by groups of GROUP consecutive
+    layers first, since such a configuration costs as much as one layer's (the graph from its first layer on is
+    recomputed either way). The worst groups are then measured layer by layer until the groups left are predicted
+    (first order, see predict) to leave MARGIN_DB of headroom over the target when every measured layer is float,
+    or, without a target, until they cover twice the budget; the others' layers rank with their group's SQNR."""
+    layers = sim.layers
+    everything = frozenset(layer.index for layer in layers)
+    groups = [layers[i:i + GROUP] for i in range(0, len(layers), GROUP)]
+    runs, _ = measure(sim, [everything] + [{layer.index for layer in group} for group in groups], load(samples),
+                      len(samples), threads=threads, desc="screen layers")
+    all_int8, screened = runs[0], dict(zip(range(len(groups)), runs[1:]))
+    order = sorted(screened, key=lambda j: (score(screened[j]), j))
+    if target_db is not None:
+        predicted = predict([noise_ratios(screened[j]) for j in order], noise_ratios(all_int8))
+        split = next((m for m, db in enumerate(predicted) if db >= target_db + MARGIN_DB), len(order))
+    else:
+        covered = [sum(len(groups[j]) for j in order[:m]) for m in range(len(order) + 1)]
+        split = next((m for m, n in enumerate(covered) if n >= 2 * budget), len(order))
+    alone = {group[0].index: screened[j] for j, group in enumerate(groups) if len(group) == 1}
+    singles = [layer for j in order[:split] if len(groups[j]) > 1 for layer in groups[j]]
+    passes = 1
+    if singles:
+        results, _ = measure(sim, [{layer.index} for layer in singles], load(samples), len(samples),
+                             threads=threads, desc="rank layers")
+        alone.update({layer.index: result for layer, result in zip(singles, results)})
+        passes += 1
+    group_of = {layer.index: j for j, group in enumerate(groups) for layer in group}
+
+    def result(layer: Layer) -> dict[str, OutputReport]:
+        return alone[layer.index] if layer.index in alone else screened[group_of[layer.index]]
+
+    ranking = sorted(layers, key=lambda layer: (score(result(layer)), layer.index))
+    ratios = [noise_ratios(result(layer)) if layer.index in alone else
+              {key: r / len(groups[group_of[layer.index]]) for key, r in noise_ratios(result(layer)).items()}
+              for layer in ranking]  # a screened group's error, shared among its layers
+    return Ranking(ranking, ratios, {i: score(r) for i, r in alone.items()},
+                   {layer.index: score(screened[group_of[layer.index]]) for layer in layers if layer.index not in alone},
+                   all_int8, passes)
+
+
 def search(sim: Simulator, samples: list, *, target_db: float | None, max_float: int | None, threads: int = 0,
            load=None) -> Fallback:
     """`load(samples)` decodes the samples (an iterator of (key, feeds)); it is called once per run."""
@@ -118,11 +173,9 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     everything = frozenset(layer.index for layer in layers)
     ranking_samples = [samples[i * len(samples) // RANK_IMAGES] for i in range(RANK_IMAGES)] \
         if len(samples) > RANK_IMAGES else samples
-    ranked_runs, _ = measure(sim, [everything] + [{layer.index} for layer in layers], load(ranking_samples),
-                             len(ranking_samples), threads=threads, desc="rank layers")
-    only = {layer.index: result for layer, result in zip(layers, ranked_runs[1:])}
-    ranking = sorted(layers, key=lambda layer: (score(only[layer.index]), layer.index))
     budget = len(layers) if max_float is None else min(max_float, len(layers))
+    ranked = rank(sim, ranking_samples, load, target_db=target_db, budget=budget, threads=threads)
+    ranking = ranked.layers
     scores: dict[int, float] = {}
     passes = 0
 
@@ -143,8 +196,7 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     if target_db is None:
         run(ladder, "search")
     else:  # first the predicted k and its neighbours; the doubling ladder only when none of them reaches
-        predicted = predict([noise_ratios(only[layer.index]) for layer in ranking[:budget]],
-                            noise_ratios(ranked_runs[0]))
+        predicted = predict(ranked.ratios[:budget], noise_ratios(ranked.all_int8))
         guess = next((k for k, db in enumerate(predicted) if db >= target_db), budget)
         step = max(1, guess // 4)
         run([k for k in (0, guess - step, guess, guess + step) if 0 <= k <= budget], "search")
@@ -162,8 +214,7 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     else:
         k = max(sorted(scores), key=lambda j: (scores[j] if not math.isnan(scores[j]) else -math.inf, -j))
         reached = target_db is None
-    return Fallback(ranking[:k], scores[0], scores[k], target_db, layers,
-                    {layer.index: score(result) for layer, result in zip(layers, ranked_runs[1:])}, reached,
+    return Fallback(ranking[:k], scores[0], scores[k], target_db, layers, ranked.alone, ranked.group_db, reached,
                     len(scores), passes)
 
 def choose(static, params: dict, inputs, *, exclude, weight_bits: int, int8_outputs: bool, target=None,

@@ -142,31 +142,38 @@ def test_search_stops_at_zero_when_all_int8_already_reaches_the_target():
     assert "NOT reached" in result.summary()
 
 
-def test_predicted_search_points_equal_the_measurement_where_errors_add_exactly():
-    """The search measures first where the first-order prediction (the "only L int8" output errors add up in
-    power) says the target is reached. On three independent branches (one input, one 3x3 conv, one output each)
-    every output's error comes from one layer, so the prediction is exact: for every k it must equal the measured
-    SQNR of "all int8 but the first k" (the planted culprit's branch is the worst and ranks first)."""
-    from quanttool.fallback import noise_ratios, predict
-    from quanttool.sensitivity import measure, score
+def _branches(count: int, culprit: int):
+    """`count` independent branches (one input, one 3x3 conv, one output each), the `culprit` branch's conv with
+    one weight 100x the others on an input channel that is always 0; and three images."""
     from quanttool.variants import Simulator
 
     rng = np.random.default_rng(4)
     nodes, inits, inputs, outputs = [], [], [], []
-    for k, spread in enumerate((0.3, 0.3, 0.3)):
-        w = rng.normal(0, spread, size=(4, 3, 3, 3)).astype(np.float32)
-        if k == 1:
-            w[:, 0, 0, 0] = 30.0  # the culprit's largest weight sets a coarse scale for the others
+    for k in range(count):
+        w = rng.normal(0, 0.3, size=(4, 3, 3, 3)).astype(np.float32)
+        if k == culprit:
+            w[:, 0, 0, 0] = 30.0  # the largest weight sets a coarse scale for the others
         inits.append(init(f"w{k}", w))
         nodes.append(helper.make_node("Conv", [f"x{k}", f"w{k}"], [f"y{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]))
         inputs.append(tensor_info(f"x{k}", [1, 3, 6, 6]))
         outputs.append(tensor_info(f"y{k}", [1, 4, 6, 6]))
     model = make_model(nodes, inputs, outputs, inits)
-    feeds = [(str(i), {f"x{k}": rng.normal(size=(1, 3, 6, 6)).astype(np.float32) for k in range(3)})
-             for i in range(3)]
-    feeds = [(key, {**f, "x1": np.concatenate([np.zeros((1, 1, 6, 6), np.float32), f["x1"][:, 1:]], axis=1)})
-             for key, f in feeds]  # conv1's input channel 0 is always 0: its large weight never contributes
-    sim = Simulator(model, calibrate(model, [f for _, f in feeds]))
+    feeds = []
+    for i in range(3):
+        f = {f"x{k}": rng.normal(size=(1, 3, 6, 6)).astype(np.float32) for k in range(count)}
+        f[f"x{culprit}"][:, 0] = 0.0
+        feeds.append((str(i), f))
+    return Simulator(model, calibrate(model, [f for _, f in feeds])), feeds
+
+
+def test_predicted_search_points_equal_the_measurement_where_errors_add_exactly():
+    """The search measures first where the first-order prediction (the "only L int8" output errors add up in
+    power) says the target is reached. On independent branches every output's error comes from one layer, so the
+    prediction is exact: for every k it must equal the measured SQNR of "all int8 but the first k"."""
+    from quanttool.fallback import noise_ratios, predict
+    from quanttool.sensitivity import measure, score
+
+    sim, feeds = _branches(3, culprit=1)
     everything = frozenset(layer.index for layer in sim.layers)
     results, _ = measure(sim, [everything] + [{layer.index} for layer in sim.layers], iter(feeds), len(feeds))
     ranked = sorted(zip(sim.layers, results[1:]), key=lambda pair: (score(pair[1]), pair[0].index))
@@ -177,6 +184,32 @@ def test_predicted_search_points_equal_the_measurement_where_errors_add_exactly(
     assert len(set(np.round(predicted[:3], 3))) == 3 and predicted[3] == np.inf
     np.testing.assert_allclose(predicted[:3], [score(m) for m in measured[:3]], rtol=0, atol=1e-6)
     assert score(measured[3]) == np.inf
+
+
+def test_group_screening_measures_only_the_groups_that_matter():
+    """Ranking screens GROUP consecutive layers as one configuration. On six independent branches a group's
+    outputs are exactly its layers' outputs, so its SQNR must equal the lowest of its layers' measured alone; the
+    culprit's group (the second) is then measured layer by layer, the first group is not (its error is far
+    below a target the culprit's group misses), and the culprit ranks first with its own number."""
+    from quanttool.fallback import GROUP, rank
+    from quanttool.sensitivity import measure, score
+
+    assert GROUP == 4
+    sim, feeds = _branches(6, culprit=4)
+    alone, _ = measure(sim, [{layer.index} for layer in sim.layers], iter(feeds), len(feeds))
+    alone_db = {layer.index: score(result) for layer, result in zip(sim.layers, alone)}
+    first, second = sorted(alone_db)[:4], sorted(alone_db)[4:]
+    target = min(alone_db[i] for i in first) - 10.0
+    assert alone_db[sorted(alone_db)[4]] < target  # only the culprit misses it
+    loads = []
+    ranked = rank(sim, feeds, lambda s: loads.append(len(s)) or iter(s), target_db=target, budget=6)
+    assert ranked.passes == 2 and loads == [3, 3]
+    assert set(ranked.alone) == set(second) and set(ranked.group_db) == set(first)
+    for i in first:
+        assert ranked.group_db[i] == pytest.approx(min(alone_db[j] for j in first), abs=1e-9)
+    for i in second:
+        assert ranked.alone[i] == pytest.approx(alone_db[i], abs=1e-9)
+    assert ranked.layers[0].name == "conv4"
 
 
 def _head_model():
@@ -235,3 +268,12 @@ def test_fallback_judges_a_detection_head_per_part(tmp_path):
     assert "kept float: score (Conv; alone int8 " in text
     whole, boxes, scores = real(onnx.load(str(out)))
     assert scores >= target and boxes >= target
+
+
+def test_same_inputs_give_the_same_choice():
+    from quanttool.fallback import search
+
+    sim, feeds = _branches(6, culprit=4)
+    first, again = (search(sim, feeds, target_db=30.0, max_float=None, load=lambda s: iter(s)) for _ in range(2))
+    assert [layer.name for layer in first.kept] == [layer.name for layer in again.kept] == ["conv4"]
+    assert (first.after_db, first.summary()) == (again.after_db, again.summary())
