@@ -1,20 +1,24 @@
 """Automatic mixed precision within a budget: keep the most harmful layers float until every output reaches the
-target SQNR (convert --target-sqnr DB, --max-fp32-ops N).
+target SQNR (convert --target-sqnr DB, --max-fp32-ops N). An output's SQNR is evaluate's: the worst part of a
+mixed-range output (boxes in pixels next to scores), so a detection head is judged by its scores too.
 
-1. Rank: the output SQNR with only layer L int8, for every L (the sensitivity measurement: fake-quantized
-   configurations sharing their prefixes in one float graph), on RANK_IMAGES images of the slice; lowest first,
-   ties in graph order. This is the costly step (each configuration recomputes the graph from L on), so it
-   runs on a few images: it only has to order the layers.
-2. Search, greedily along that ranking, on the whole slice: "all int8 but the first k". First k = 0, 1, 2, 4,
-   8, ... up to K (--max-fp32-ops, else every layer) in one run, then the bracket around the first k that reaches
-   the target is narrowed, SPLIT configurations per run, to the smallest such k (more layers float is assumed to
-   not make the output worse, which the measurements then confirm or not: the k chosen is one that was
-   measured to reach the target). No k reaches it: the best measured within the budget. Without a target
-   (only --max-fp32-ops): the best measured k, the smallest among equals.
+1. Rank (rank): the output SQNR with only layer L int8 (the sensitivity measurement: fake-quantized
+   configurations sharing their prefixes in one float graph) on RANK_IMAGES images of the slice; lowest first,
+   ties in graph order. Each configuration recomputes the graph from L on, which made this the costly step
+   (~37 s per image on a 267-layer detector), so GROUP consecutive layers are screened as one configuration
+   first and only the worst groups are measured layer by layer; the others rank with their group's SQNR.
+2. Predict (predict): first order, the "only L int8" output errors add up in power, so "all int8 but the first k"
+   is predicted from the ranking's numbers, scaled to the all-int8 point measured on the same images.
+3. Search, greedily along the ranking, on the whole slice: "all int8 but the first k" for k = 0, the predicted
+   k and its neighbours in one run (a detector that needs 30 layers float is not measured at 64, 128, 256 layers
+   float first); the doubling ladder k = 1, 2, 4, ... only when none of them reaches the target. Then the bracket around the
+   first k that reaches it is narrowed, SPLIT configurations per run, to the smallest such k (more layers float
+   is assumed to not make the output worse, which the measurements then confirm or not: the k chosen is one that
+   was measured to reach the target). No k reaches it: the best measured within the budget. Without a target
+   (only --max-fp32-ops): k = 0, 1, 2, 4, ..., N, the best measured, the smallest among equals.
 Same model, table and images give the same numbers, so the same choice. The simulation rounds like the int8 model
 but is not bit-identical to onnxruntime's int8 kernels; the check after convert measures the real model.
 """
-
 from __future__ import annotations
 
 import math

@@ -9,7 +9,10 @@ Measured, one after the other in one run:
 - the whole sensitivity measurement (simulate.Simulator + sensitivity.sensitivity: build the graphs of all
   2L + 1 configurations, sessions, runs, comparison), as the command runs it after calibration;
 - on a subset of 16 configurations (only-L and all-but-L for 8 layers spread over the graph): one shared graph
-  versus one graph per configuration, side by side, to show what sharing the common prefixes saves.
+  versus one graph per configuration, side by side, to show what sharing the common prefixes saves;
+- the fallback search (convert --target-sqnr, quanttool/fallback.py) with a target 6 dB above the all-int8 SQNR,
+  side by side: ranking every layer alone (fallback.GROUP = 1, the ranking before group screening) and screening
+  groups of 4 consecutive layers first (the default); time, layers measured alone, layers kept float, SQNR.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import time
 from bench_common import PREPROCESS, ROOT, arguments, cpu_int8_features, median_time
 import make_mobilenet
 
+from quanttool import fallback
 from quanttool import prepare as prep
 from quanttool.calibrate import Settings, choose_params
 from quanttool.inputs import Preprocess, discover, iter_samples
 from quanttool.observe import observe
 from quanttool.runtime import session
-from quanttool.sensitivity import measure, sensitivity
+from quanttool.sensitivity import measure, score, sensitivity
 from quanttool.variants import Simulator
 
 DEEPER = [(1, 16, 1, 1), (6, 24, 3, 2), (6, 32, 5, 2), (6, 64, 6, 2), (6, 96, 5, 1), (6, 160, 4, 2), (6, 320, 1, 1)]
@@ -84,6 +88,20 @@ def main() -> None:
           f"{t_separate / t_shared:.2f}x)")
     print("most harmful layers: " + ", ".join(f"{item.layer.name} ({item.only_db:.1f} dB)"
                                               for item in report.layers[:3]))
+
+    target = round(score(report.all_int8) + 6.0, 1)
+    default_group = fallback.GROUP
+    for group in (1, default_group):
+        fallback.GROUP = group
+        start = time.perf_counter()
+        result = fallback.search(sim, samples, target_db=target, max_float=None, threads=args.threads,
+                                 load=lambda chosen: iter_samples(chosen, specs, pp, threads=max(1, args.threads)))
+        seconds = time.perf_counter() - start
+        print(f"fallback --target-sqnr {target:g}, groups of {group}: {seconds:7.2f} s   {len(result.alone_db)} layers "
+              f"measured alone; kept float {len(result.kept)} of {len(sim.layers)}; simulated "
+              f"{result.before_db:.1f} -> {result.after_db:.1f} dB; {result.measured} configurations in "
+              f"{result.passes} passes")
+    fallback.GROUP = default_group
 
 
 if __name__ == "__main__":
