@@ -54,7 +54,8 @@ class Fallback:
         text = (f"fallback ({goal}): kept float {names} ({len(self.kept)} of {len(self.layers)} quantizable layers, "
                 f"{self.weight_share * 100:.1f}% of the weights); simulated output SQNR "
                 f"{fmt_db(self.before_db)} -> {fmt_db(self.after_db)} dB ({self.measured} configurations measured "
-                f"in {self.passes} pass{'' if self.passes == 1 else 'es'} over the slice)")
+                f"in {self.passes} pass{'' if self.passes == 1 else 'es'} over the slice; ranked {len(self.alone_db)} layers "
+                f"alone, {len(self.group_db)} by their group of {GROUP})")
         if not self.reached:
             text += "; the target is NOT reached within the budget"
         int8 = [layer for layer in self.layers if layer not in self.kept]
