@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from .errors import QuantError
+from .evaluate.metrics import sumsq
 from .evaluate.report import OutputReport, finite
 from .evaluate.report_text import fmt_db
 from .evaluate.run import _Output, _float_session, _run
@@ -35,8 +36,10 @@ def score(outputs: dict[str, OutputReport]) -> float:
 
 
 def measure(sim: Simulator, configs: Sequence[Iterable[int]], samples: Iterable[tuple[str, dict]], total: int,
-            *, threads: int = 0, desc: str = "sensitivity") -> tuple[list[dict[str, OutputReport]], int]:
-    """Per configuration, per graph output: the comparison with fp32 over all samples; and the image count."""
+            *, threads: int = 0, desc: str = "sensitivity", per_image: list | None = None) \
+        -> tuple[list[dict[str, OutputReport]], int]:
+    """Per configuration, per graph output: the comparison with fp32 over all samples; and the image count.
+    `per_image`, when given, receives per image {output: (sum ref^2, sum err^2)} of the first configuration."""
     configs = [frozenset(c) for c in configs]
     chunks = [configs[k:k + CHUNK] for k in range(0, len(configs), CHUNK)] or [[]]
     runs = []
@@ -58,6 +61,9 @@ def measure(sim: Simulator, configs: Sequence[Iterable[int]], samples: Iterable[
                 for name in out_names:
                     if reference[name].dtype.kind == "f":
                         folds[k][name].fold(reference[name], values[config_outputs[name]])
+                if k == 0 and per_image is not None:
+                    per_image.append({name: (sumsq(reference[name]), sumsq(reference[name] - values[config_outputs[name]]))
+                                      for name in out_names if reference[name].dtype.kind == "f"})
                 k += 1
         images += 1
     if images == 0:

@@ -202,7 +202,11 @@ def test_group_screening_measures_only_the_groups_that_matter():
     target = min(alone_db[i] for i in first) - 10.0
     assert alone_db[sorted(alone_db)[4]] < target  # only the culprit misses it
     loads = []
-    ranked = rank(sim, feeds, lambda s: loads.append(len(s)) or iter(s), target_db=target, budget=6)
+    everything = frozenset(layer.index for layer in sim.layers)
+    all_int8 = score(measure(sim, [everything], iter(feeds), len(feeds))[0][0])
+    assert all_int8 == pytest.approx(min(alone_db.values()), abs=1e-9)  # the branches' errors do not meet
+    ranked = rank(sim, feeds, lambda s: loads.append(len(s)) or iter(s), target_db=target, budget=6,
+                  slice_db=all_int8)
     assert ranked.passes == 2 and loads == [3, 3]
     assert set(ranked.alone) == set(second) and set(ranked.group_db) == set(first)
     for i in first:
