@@ -2,20 +2,23 @@
 target SQNR (convert --target-sqnr DB, --max-fp32-ops N). An output's SQNR is evaluate's: the worst part of a
 mixed-range output (boxes in pixels next to scores), so a detection head is judged by its scores too.
 
+0. All int8 on the whole slice: reached, nothing to do; else its per-image errors pick the ranking images.
 1. Rank (rank): the output SQNR with only layer L int8 (the sensitivity measurement: fake-quantized
-   configurations sharing their prefixes in one float graph) on RANK_IMAGES images of the slice; lowest first,
-   ties in graph order. Each configuration recomputes the graph from L on, which made this the costly step
-   (~37 s per image on a 267-layer detector), so GROUP consecutive layers are screened as one configuration
-   first and only the worst groups are measured layer by layer; the others rank with their group's SQNR.
-2. Predict (predict): first order, the "only L int8" output errors add up in power, so "all int8 but the first k"
-   is predicted from the ranking's numbers, scaled to the all-int8 point measured on the same images.
-3. Search, greedily along the ranking, on the whole slice: "all int8 but the first k" for k = 0, the predicted
-   k and its neighbours in one run (a detector that needs 30 layers float is not measured at 64, 128, 256 layers
-   float first); the doubling ladder k = 1, 2, 4, ... only when none of them reaches the target. Then the bracket around the
-   first k that reaches it is narrowed, SPLIT configurations per run, to the smallest such k (more layers float
-   is assumed to not make the output worse, which the measurements then confirm or not: the k chosen is one that
-   was measured to reach the target). No k reaches it: the best measured within the budget. Without a target
-   (only --max-fp32-ops): k = 0, 1, 2, 4, ..., N, the best measured, the smallest among equals.
+   configurations sharing their prefixes in one float graph) on the RANK_IMAGES images of the slice with the
+   largest all-int8 error (worst_images); lowest first, ties in graph order. Each configuration recomputes the
+   graph from L on, which made this the costly step (~37 s per image on a 267-layer detector), so GROUP
+   consecutive layers are screened as one configuration first and only the worst groups are measured layer by
+   layer; the others rank by an even share of their group's error.
+2. Predict (predict, on_slice): first order, the "only L int8" output errors add up in power, so "all int8 but
+   the first k" is predicted from the ranking's numbers, scaled to the all-int8 point of the ranking images and
+   moved to the slice's all-int8 SQNR.
+3. Search, greedily along the ranking, on the whole slice: "all int8 but the first k" for k from half to twice
+   the predicted k in one run (a detector that needs 30 layers float is not measured at 64, 128, 256 layers float
+   first); the doubling ladder k = 1, 2, 4, ... only when none of them reaches the target. Then the bracket
+   around the first k that reaches it is narrowed, SPLIT configurations per run, to the smallest such k (more
+   layers float is assumed to not make the output worse, which the measurements then confirm or not: the k
+   chosen is one that was measured to reach the target). No k reaches it: the best measured within the budget.
+   Without a target (only --max-fp32-ops): k = 0, 1, 2, 4, ..., N, the best measured, the smallest among equals.
 Same model, table and images give the same numbers, so the same choice. The simulation rounds like the int8 model
 but is not bit-identical to onnxruntime's int8 kernels; the check after convert measures the real model.
 """
@@ -175,15 +178,15 @@ def rank(sim: Simulator, samples: list, load, *, target_db: float | None, budget
         return alone[layer.index] if layer.index in alone else screened[group_of[layer.index]]
 
     def share_db(layer: Layer) -> float:  # a screened layer's even share of its group's error, in dB
-        return score(result(layer)) + (0.0 if layer.index in alone else 10 * math.log10(len(groups[group_of[layer.index]])))
+        size = 1 if layer.index in alone else len(groups[group_of[layer.index]])
+        return score(result(layer)) + 10 * math.log10(size)
 
     ranking = sorted(layers, key=lambda layer: (share_db(layer), layer.index))
     ratios = [noise_ratios(result(layer)) if layer.index in alone else
               {key: r / len(groups[group_of[layer.index]]) for key, r in noise_ratios(result(layer)).items()}
               for layer in ranking]
-    return Ranking(ranking, ratios, {i: score(r) for i, r in alone.items()},
-                   {layer.index: score(screened[group_of[layer.index]]) for layer in layers if layer.index not in alone},
-                   all_int8, passes)
+    group_db = {layer.index: score(screened[group_of[layer.index]]) for layer in layers if layer.index not in alone}
+    return Ranking(ranking, ratios, {i: score(r) for i, r in alone.items()}, group_db, all_int8, passes)
 
 
 def worst_images(samples: list, per_image: list[dict], n: int) -> list:
@@ -213,8 +216,8 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
     passes = 1
     budget = len(layers) if max_float is None else min(max_float, len(layers))
     if budget == 0 or (target_db is not None and scores[0] >= target_db):  # nothing to rank
-        return Fallback([], scores[0], scores[0], target_db, layers, {}, {}, target_db is None or scores[0] >= target_db,
-                        1, passes)
+        reached = target_db is None or scores[0] >= target_db
+        return Fallback([], scores[0], scores[0], target_db, layers, {}, {}, reached, 1, passes)
     ranked = rank(sim, worst_images(samples, per_image, RANK_IMAGES), load, target_db=target_db, budget=budget,
                   slice_db=scores[0], threads=threads)
     ranking = ranked.layers

@@ -62,7 +62,7 @@ def measure(sim: Simulator, configs: Sequence[Iterable[int]], samples: Iterable[
                     if reference[name].dtype.kind == "f":
                         folds[k][name].fold(reference[name], values[config_outputs[name]])
                 if k == 0 and per_image is not None:
-                    per_image.append({name: (sumsq(reference[name]), sumsq(reference[name] - values[config_outputs[name]]))
+                    per_image.append({name: (sumsq(reference[name]), sumsq(reference[name] - values[outputs[0][name]]))
                                       for name in out_names if reference[name].dtype.kind == "f"})
                 k += 1
         images += 1

@@ -281,3 +281,20 @@ def test_same_inputs_give_the_same_choice():
     first, again = (search(sim, feeds, target_db=30.0, max_float=None, load=lambda s: iter(s)) for _ in range(2))
     assert [layer.name for layer in first.kept] == [layer.name for layer in again.kept] == ["conv4"]
     assert (first.after_db, first.summary()) == (again.after_db, again.summary())
+
+
+def test_ranking_images_are_those_with_the_largest_all_int8_error():
+    """Hand-worked: each output's error is taken relative to its signal over the whole slice (a: 10, b: 1000), so
+    image 3's error on b (300 / 1000) outweighs image 1's on a (2 / 10) and image 0's (1 / 10); slice order is
+    kept. With an unreadable image the losses no longer line up with the samples: an even spread."""
+    from quanttool.fallback import worst_images
+
+    per_image = [{"a": (2.0, 1.0), "b": (200.0, 10.0)}, {"a": (2.0, 2.0), "b": (200.0, 1.0)},
+                 {"a": (2.0, 0.5), "b": (200.0, 50.0)}, {"a": (2.0, 0.0), "b": (200.0, 300.0)},
+                 {"a": (2.0, 0.0), "b": (200.0, 0.0)}]
+    samples = ["s0", "s1", "s2", "s3", "s4"]
+    # shares: s0 max(0.1, 0.01) = 0.1; s1 0.2; s2 max(0.05, 0.05) = 0.05; s3 0.3; s4 0
+    assert worst_images(samples, per_image, 2) == ["s1", "s3"]
+    assert worst_images(samples, per_image, 3) == ["s0", "s1", "s3"]
+    assert worst_images(samples, per_image[:4], 2) == ["s0", "s2"]
+    assert worst_images(samples, per_image, 5) == samples
