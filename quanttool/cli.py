@@ -130,8 +130,9 @@ def trust_options(func):
         click.option("--check-floor", type=float, default=20.0, show_default=True, metavar="DB",
                      help="Output SQNR below which the check warns (the worst part of a mixed-range output)."),
         click.option("--target-sqnr", type=float, default=None, metavar="DB",
-                     help="Keep the most harmful layers float, greedily, until every output reaches DB dB on the "
-                          "check's images. Needs -i."),
+                     help="Keep the most harmful layers float, greedily, until every output (the worst part of "
+                          "a mixed-range one, e.g. scores next to pixel boxes) reaches DB dB on the check's images. "
+                          "Needs -i."),
         click.option("--max-fp32-ops", type=click.IntRange(min=0), default=None, metavar="N",
                      help="At most N layers kept float by the fallback; alone: the best SQNR with at most N."),
     ]
