@@ -135,7 +135,6 @@ class Ranking:
     alone: dict[int, float]         # layer index -> output SQNR with only it int8 (layers measured alone)
     group_db: dict[int, float]      # layer index -> output SQNR with only its group int8 (layers screened)
     all_int8: dict[str, OutputReport]
-    passes: int
 
 
 def on_slice(predicted: list[float], slice_db: float) -> list[float]:
@@ -150,7 +149,8 @@ def rank(sim: Simulator, samples: list, load, *, target_db: float | None, budget
     layers first, since such a configuration costs as much as one layer's (the graph from its first layer on is
     recomputed either way). The worst groups are then measured layer by layer until the groups left are predicted
     (first order, see predict) to leave MARGIN_DB of headroom over the target when every measured layer is float,
-    or, without a target, until they cover twice the budget; the others' layers rank with their group's SQNR."""
+    or, without a target, until they cover twice the budget; the others' layers rank by an even share of their
+    group's error (its SQNR + 10 log10 of its size)."""
     layers = sim.layers
     everything = frozenset(layer.index for layer in layers)
     groups = [layers[i:i + GROUP] for i in range(0, len(layers), GROUP)]
@@ -166,12 +166,10 @@ def rank(sim: Simulator, samples: list, load, *, target_db: float | None, budget
         split = next((m for m, n in enumerate(covered) if n >= 2 * budget), len(order))
     alone = {group[0].index: screened[j] for j, group in enumerate(groups) if len(group) == 1}
     singles = [layer for j in order[:split] if len(groups[j]) > 1 for layer in groups[j]]
-    passes = 1
     if singles:
         results, _ = measure(sim, [{layer.index} for layer in singles], load(samples), len(samples),
                              threads=threads, desc="rank layers")
         alone.update({layer.index: result for layer, result in zip(singles, results)})
-        passes += 1
     group_of = {layer.index: j for j, group in enumerate(groups) for layer in group}
 
     def result(layer: Layer) -> dict[str, OutputReport]:
@@ -186,7 +184,7 @@ def rank(sim: Simulator, samples: list, load, *, target_db: float | None, budget
               {key: r / len(groups[group_of[layer.index]]) for key, r in noise_ratios(result(layer)).items()}
               for layer in ranking]
     group_db = {layer.index: score(screened[group_of[layer.index]]) for layer in layers if layer.index not in alone}
-    return Ranking(ranking, ratios, {i: score(r) for i, r in alone.items()}, group_db, all_int8, passes)
+    return Ranking(ranking, ratios, {i: score(r) for i, r in alone.items()}, group_db, all_int8)
 
 
 def worst_images(samples: list, per_image: list[dict], n: int) -> list:
