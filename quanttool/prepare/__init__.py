@@ -2,7 +2,7 @@
 fold constants and BatchNormalization, drop no-ops, name every node, and prove the result computes the same.
 
 One job per module: load (read, validate, hash), shapes (input specs, inference), fold_constants, fold_bn,
-passthrough (Identity/Dropout), fold_pad (zero Pad -> Conv pads), graph (bookkeeping), verify (numeric check).
+passthrough (Identity/Dropout), fold_pad (zero Pad -> Conv pads), fold_affine (Mul/Add by constants -> Conv), graph (bookkeeping), verify (numeric check).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import onnx
 import onnx.numpy_helper
 
 from ..errors import QuantError
+from .fold_affine import fold_affine_maps
 from .fold_bn import fold_batchnorm
 from .fold_constants import fold_constants
 from .fold_pad import fold_pad_into_conv
@@ -109,6 +110,7 @@ def prepare(model: onnx.ModelProto, specs: list | None = None, *, verify: bool =
     remove_passthrough(work.graph)
     fold_batchnorm(work.graph)
     fold_pad_into_conv(work.graph)
+    fold_affine_maps(work.graph)  # after BN and Pad folding, so Conv -> Mul/Add chains are adjacent
     remove_dead(work.graph)
     topo_sort(work.graph)
     name_nodes(work.graph)  # nodes created above (BN -> Mul + Add of an unnamed BN)
