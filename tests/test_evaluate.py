@@ -429,3 +429,39 @@ def test_confident_softmax_classes_are_not_a_range_part():
     out = _Output("probs")
     out.fold(ref, ref + np.float32(1e-4))
     assert out.report().parts == []
+
+
+def test_layer_before_a_sharing_relu_is_measured_after_the_clamp():
+    """Conv -> Relu with symmetric parameters (zp 0: the Relu is not absorbed, the Conv output takes the Relu
+    output's parameters). The Conv's large negative values clip at -max(relu), which the Relu then zeroes: the
+    layer is measured after the clamp, relu(ref) vs relu(fq(conv)), so that clipping counts neither as error
+    nor as clipped (raw, it read a few dB and the check named it the worst layer)."""
+    w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    b = np.float32([-6.0, 0.0, 0.5, -3.0])  # mostly negative outputs, far below -max(relu)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    model = make_model(nodes, [tensor_info("x", [1, 3, 5, 5])], [tensor_info("y", [1, 2, 5, 5])],
+                       [init("w", w), init("b", b), init("w2", RNG.standard_normal((2, 4, 1, 1)).astype(np.float32))])
+    samples = make_samples(4, (1, 3, 5, 5))
+    table = minmax_table(model, ["x", "r", "y"], samples)
+    table["c"] = table["r"]  # pass-through sharing, as calibrate writes it
+    result = convert(model, table)
+    report = evaluate(model, result.model, table, result.quantized, iter(samples), len(samples))
+    conv = next(lay for lay in report.layers if lay.name == "conv")
+    exposed = with_outputs(model, ["c"])
+    s_w = np.abs(w).reshape(4, -1).max(axis=1) / 127
+    w_deq = np.clip(np.round(w / s_w[:, None, None, None]), -127, 127) * s_w[:, None, None, None]
+    s_b = np.float32(table["x"].scale) * s_w.astype(np.float32)
+    b_deq = np.round(b / s_b) * s_b
+    refs, isos, raw = [], [], []
+    for _, feeds in samples:
+        x = fake_quant(feeds["x"], table["x"])
+        c = (np.einsum("nchw,oc->nohw", x, w_deq[:, :, 0, 0]) + b_deq[None, :, None, None]).astype(np.float32)
+        isos.append(np.maximum(fake_quant(c, table["c"]), 0))
+        ref = run(exposed, feeds)[1]
+        raw.append(sqnr(ref, fake_quant(c, table["c"])))
+        refs.append(np.maximum(ref, 0))
+    assert conv.isolated_sqnr_db == pytest.approx(sqnr(np.concatenate(refs), np.concatenate(isos)), rel=1e-4)
+    assert conv.clipped_fraction == 0.0
+    assert conv.isolated_sqnr_db > max(raw) + 10  # the raw comparison would have blamed the harmless clip
