@@ -254,6 +254,7 @@ OUTPUT_SCHEMA = {
     "top1_agreement": lambda v: v is None or isinstance(v, NUMBER) and 0 <= v <= 1,
     "worst_sqnr_db": lambda v: v is None or isinstance(v, NUMBER),
     "parts": lambda v: isinstance(v, list) and all(set(p) == {"axis", "channels", "max_abs", "sqnr_db"} for p in v),
+    "largest_image_share": lambda v: v is None or isinstance(v, NUMBER) and 0 <= v <= 1,
 }
 
 
@@ -465,3 +466,12 @@ def test_layer_before_a_sharing_relu_is_measured_after_the_clamp():
     assert conv.isolated_sqnr_db == pytest.approx(sqnr(np.concatenate(refs), np.concatenate(isos)), rel=1e-4)
     assert conv.clipped_fraction == 0.0
     assert conv.isolated_sqnr_db > max(raw) + 10  # the raw comparison would have blamed the harmless clip
+
+
+def test_largest_image_share_is_one_image_error_over_the_sum(setup):
+    """Per output, max_i sum (ref_i - q_i)^2 / sum_i sum (ref_i - q_i)^2 over the images, from separate runs."""
+    model, samples, table, result, report = setup
+    noise = [float(np.square(run(model, f)[0].astype(np.float64) - run_int8(result.model, f)[0]).sum())
+             for _, f in samples]
+    (out,) = report.outputs
+    assert out.largest_image_share == pytest.approx(max(noise) / sum(noise), rel=1e-6)

@@ -298,3 +298,16 @@ def test_ranking_images_are_those_with_the_largest_all_int8_error():
     assert worst_images(samples, per_image, 3) == ["s0", "s1", "s3"]
     assert worst_images(samples, per_image[:4], 2) == ["s0", "s2"]
     assert worst_images(samples, per_image, 5) == samples
+
+
+def test_check_says_when_one_image_holds_most_of_the_error():
+    from quanttool.check import summarize
+    from quanttool.evaluate.report import EvalReport, OutputReport
+
+    def line(share, images=16):
+        report = EvalReport([], [OutputReport("prob", 0.99, 25.0, 0.1, 1.0, [], share)], images)
+        return summarize(report, True, 20.0)
+
+    assert "one image holds 85% of the error" in line(0.85)
+    assert "one image holds" not in line(0.4)  # spread over the images: nothing to say
+    assert "one image holds" not in line(1.0, images=1)  # a single image always holds all of it

@@ -40,6 +40,9 @@ class OutputReport:
     max_abs_error: float
     top1_agreement: float | None       # class vectors [N, C], C > 1: fraction of rows with the same argmax
     parts: list[OutputPart] = field(default_factory=list)  # mixed ranges (parts.py): SQNR of each part
+    # the largest share of the summed squared error one image holds: near 1, the SQNR is that image's (a
+    # two-class softmax's least confident image), and another slice of images can read many dB apart
+    largest_image_share: float | None = None
 
     @property
     def worst_sqnr_db(self) -> float:
@@ -82,7 +85,7 @@ def to_json(report: EvalReport) -> dict:
     outputs = [{
         "name": out.name, "cosine": out.cosine, "sqnr_db": finite(out.sqnr_db),
         "max_abs_error": out.max_abs_error, "top1_agreement": out.top1_agreement,
-        "worst_sqnr_db": finite(out.worst_sqnr_db),
+        "worst_sqnr_db": finite(out.worst_sqnr_db), "largest_image_share": out.largest_image_share,
         "parts": [{"axis": p.axis, "channels": p.channels, "max_abs": p.max_abs, "sqnr_db": finite(p.sqnr_db)}
                   for p in out.parts],
     } for out in report.outputs]

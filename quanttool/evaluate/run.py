@@ -195,6 +195,7 @@ class _Output:
         self.is_class = True
         self.mismatched = 0  # images where the shapes differ (data-dependent outputs, e.g. after NMS)
         self.channels = ChannelSums()
+        self.image_noise: list[float] = []  # sum of squared errors per image
 
     def fold(self, ref: np.ndarray, q: np.ndarray) -> None:
         if ref.shape != q.shape:
@@ -202,14 +203,17 @@ class _Output:
             return
         self.sim.update(ref, q, track_max=True)
         self.channels.update(ref, q)
+        self.image_noise.append(float(np.square(ref.astype(np.float64) - q).sum()))
         self.is_class = self.is_class and is_class_vector(ref)
         if self.is_class:
             self.rows += ref.shape[0]
             self.agree += int(np.count_nonzero(ref.argmax(axis=1) == q.argmax(axis=1)))
 
     def report(self) -> OutputReport:
+        total = sum(self.image_noise)
         return OutputReport(self.name, self.sim.cosine, self.sim.sqnr_db, self.sim.max_abs,
-                            self.agree / self.rows if self.is_class and self.rows else None, self.channels.parts())
+                            self.agree / self.rows if self.is_class and self.rows else None, self.channels.parts(),
+                            max(self.image_noise) / total if total > 0 else None)
 
 
 def is_class_vector(value: np.ndarray) -> bool:
