@@ -43,11 +43,13 @@ def _affine(node: onnx.NodeProto, ctx: _Ctx) -> tuple[str, np.ndarray, np.ndarra
     """(data input, f, s) with node(x) = x * f + s, f and s float64 arrays of the constant's shape; else None."""
     if node.domain not in DEFAULT_DOMAINS or node.op_type not in ("Mul", "Add", "Sub", "Div") or len(node.input) != 2:
         return None
-    consts = [ctx.array(name) for name in node.input]
-    k = [i for i in (0, 1) if consts[i] is None]
-    if len(k) != 1 or consts[1 - k[0]].dtype != np.float32:
+    k = [i for i in (0, 1) if node.input[i] not in ctx.inits]
+    if len(k) != 1:
         return None
-    data, c = node.input[k[0]], consts[1 - k[0]].astype(np.float64)
+    const = ctx.array(node.input[1 - k[0]])
+    if const.dtype != np.float32:
+        return None
+    data, c = node.input[k[0]], const.astype(np.float64)
     if not np.isfinite(c).all():
         return None
     one, zero = np.ones_like(c), np.zeros_like(c)
@@ -86,15 +88,15 @@ def _out_channels(node: onnx.NodeProto, weight: np.ndarray) -> tuple[int, int] |
     return 2, weight.shape[0] if _attr(node, "transB", 0) else weight.shape[1]
 
 
-def _into_producer(graph: onnx.GraphProto, ctx: _Ctx) -> bool:
+def _into_producer(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list]) -> None:
     made = producers(graph)
     for index, node in enumerate(graph.node):
-        affine = _affine(node, ctx)
+        affine = None if index in edits else _affine(node, ctx)
         if affine is None:
             continue
         data, f, s = affine
         p = made.get(data)
-        if p is None or not ctx.only_reader(data, index) or graph.node[p].op_type not in PRODUCERS:
+        if p is None or p in edits or not ctx.only_reader(data, index) or graph.node[p].op_type not in PRODUCERS:
             continue
         producer = graph.node[p]
         weight = ctx.array(producer.input[1]) if len(producer.input) > 1 else None
@@ -105,9 +107,7 @@ def _into_producer(graph: onnx.GraphProto, ctx: _Ctx) -> bool:
         if fv is None or sv is None or not _fuse(producer, p, fv, sv, ctx):
             continue
         producer.output[0] = node.output[0]  # downstream names survive
-        replace_nodes(graph, {index: []})
-        return True
-    return False
+        edits[index], edits[p] = [], [producer]
 
 
 def _conv_reader(graph: onnx.GraphProto, ctx: _Ctx, name: str) -> tuple[int, np.ndarray] | None:
@@ -139,14 +139,14 @@ def _input_index(conv: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
     return (np.arange(out) // (out // group))[:, None] * per_group + np.arange(per_group)[None, :]
 
 
-def _into_consumer(graph: onnx.GraphProto, ctx: _Ctx, offsets_only: bool = False) -> bool:
+def _into_consumer(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list], offsets_only: bool = False) -> None:
     for index, node in enumerate(graph.node):
-        affine = _affine(node, ctx)
+        affine = None if index in edits else _affine(node, ctx)
         if affine is None or (offsets_only and not np.any(affine[2])):
             continue
         data, f, s = affine
         found = _conv_reader(graph, ctx, node.output[0])
-        if found is None:
+        if found is None or found[0] in edits:
             continue
         c, weight = found
         conv = graph.node[c]
@@ -168,9 +168,7 @@ def _into_consumer(graph: onnx.GraphProto, ctx: _Ctx, offsets_only: bool = False
         new_weight = w64 * fv[columns].reshape(columns.shape + spatial)
         ctx.set_input(conv, c, 1, new_weight.astype(weight.dtype), f"{conv.name or conv.input[1]}_weight")
         conv.input[0] = data
-        replace_nodes(graph, {index: []})
-        return True
-    return False
+        edits[index], edits[c] = [], [conv]
 
 
 def _constant(ctx: _Ctx, value: np.ndarray, base: str) -> str:
@@ -180,12 +178,12 @@ def _constant(ctx: _Ctx, value: np.ndarray, base: str) -> str:
     return name
 
 
-def _pairs(graph: onnx.GraphProto, ctx: _Ctx, shapes: dict) -> bool:
+def _pairs(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list], shapes: dict) -> None:
     """Scale then scale (or offset then offset) -> one op; Mul f -> Add s before a padded Conv -> Add s/f -> Mul f."""
     for index, node in enumerate(graph.node):
-        first = _affine(node, ctx)
+        first = None if index in edits else _affine(node, ctx)
         users = ctx.readers.get(node.output[0], [])
-        if first is None or len(users) != 1 or node.output[0] in ctx.outputs:
+        if first is None or len(users) != 1 or users[0] in edits or node.output[0] in ctx.outputs:
             continue
         second_node = graph.node[users[0]]
         second = _affine(second_node, ctx)
@@ -211,20 +209,27 @@ def _pairs(graph: onnx.GraphProto, ctx: _Ctx, shapes: dict) -> bool:
                                     name=node.name)]
         else:
             continue
-        replace_nodes(graph, {index: [], users[0]: new})
-        return True
-    return False
+        edits[index], edits[users[0]] = [], new
 
 
 def fold_affine_maps(graph: onnx.GraphProto) -> int:
-    """Apply the rewrites until none applies; returns how many were made."""
+    """Apply the rewrites until none applies; returns how many were made. Each scan applies one kind of rewrite
+    wherever it applies to nodes no other rewrite of the scan touched (`edits`: node index -> its replacement),
+    then the graph is rebuilt and the kinds are tried again in order."""
     count = 0
     shapes = tensor_shapes(graph)
+    # an offset folded into the producer would stay in the tensor between the two layers, which is then
+    # quantized around it (5 +- 0.07 in int8 keeps about one step of the variation): consumers take offsets first
+    rules = (lambda c, e: _into_consumer(graph, c, e, offsets_only=True), lambda c, e: _into_producer(graph, c, e),
+             lambda c, e: _into_consumer(graph, c, e), lambda c, e: _pairs(graph, c, e, shapes))
     while True:
         ctx = _Ctx(graph, initializers(graph), readers(graph), graph_output_names(graph), all_names(graph))
-        # an offset folded into the producer would stay in the tensor between the two layers, which is then
-        # quantized around it (5 +- 0.07 in int8 keeps about one step of the variation): consumers take offsets first
-        if not (_into_consumer(graph, ctx, offsets_only=True) or _into_producer(graph, ctx)
-                or _into_consumer(graph, ctx) or _pairs(graph, ctx, shapes)):
+        for rule in rules:
+            edits: dict[int, list] = {}
+            rule(ctx, edits)
+            if edits:
+                break
+        if not edits:
             return count
-        count += 1
+        count += sum(1 for nodes in edits.values() if not nodes)  # every rewrite removes one node
+        replace_nodes(graph, edits)
