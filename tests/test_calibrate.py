@@ -129,12 +129,13 @@ def test_compat_tengine_aciq_matches_tengine_formula(setup):
 
 def test_all_zero_tensor_gets_a_usable_scale_and_a_warning(tmp_path, capsys):
     """z = x * 0 feeds a Conv with a bias: z's placeholder scale must leave that bias representable in int32
-    (a 1e-8 placeholder overflowed it and the int8 output lost the bias), so the int8 output equals the bias."""
+    (a 1e-8 placeholder overflowed it and the int8 output lost the bias), so the int8 output equals the bias.
+    The zero constant spans H and W, so preparation does not fold the Mul into the Conv's weights."""
     bias = np.array([0.5, -1.0, 2.0, 0.1], np.float32)
     nodes = [helper.make_node("Mul", ["x", "zero"], ["z"], name="mul"),
              helper.make_node("Conv", ["z", "w", "b"], ["y"], name="conv")]
     model = make_model(nodes, [tensor_info("x", [1, 2, 3, 3])], [tensor_info("y", [1, 4, 3, 3])],
-                       [init("zero", np.zeros((1,), np.float32)),
+                       [init("zero", np.zeros((1, 1, 3, 3), np.float32)),
                         init("w", np.random.default_rng(0).normal(size=(4, 2, 1, 1)).astype(np.float32)),
                         init("b", bias)])
     path = tmp_path / "c.onnx"

@@ -119,13 +119,14 @@ def test_json_report_is_strict_json_whatever_the_numbers():
 
     nan = float("nan")
     layer = LayerReport("conv", "Conv", "c", 0, 0.1, 0, nan, nan, math.inf, nan, nan, 0.0, [nan, 0.5], [(0, nan)])
-    report = EvalReport([layer], [OutputReport("y", nan, -math.inf, nan, nan)], 1)
+    report = EvalReport([layer], [OutputReport("y", nan, -math.inf, nan, nan, [], nan)], 1)
     text = json.dumps(to_json(report), allow_nan=False)  # raises on NaN/Infinity
     data = json.loads(text)
     assert data["layers"][0]["isolated_sqnr_db"] is None and data["layers"][0]["channel_cosines"] == [None, 0.5]
     assert data["layers"][0]["worst_channels"] == [{"channel": 0, "cosine": None}]
     assert data["outputs"][0] == {"name": "y", "cosine": None, "sqnr_db": None, "max_abs_error": None,
-                                  "top1_agreement": None, "worst_sqnr_db": None, "parts": []}
+                                  "top1_agreement": None, "worst_sqnr_db": None, "parts": [],
+                                  "largest_image_share": None}
 
 
 # ---- item 3: the --stats cache key covers the external data files too ----------------------------------------
