@@ -203,7 +203,9 @@ def _pairs(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list], shapes: di
         elif (not np.any(s1) and np.all(f2 == 1) and np.all(f1 != 0) and same_shape(s2 / f1)
               and _conv_reader(graph, ctx, second_node.output[0]) is not None):
             moved = _constant(ctx, s2 / f1, f"{base}_shift")
-            middle = node.output[0]  # the Add now comes first and writes the tensor the Mul wrote
+            # a new name: the Add's output holds other values than the Mul's did, and a table or --stats cache
+            # from before must not lend it that tensor's range
+            middle = unique_name(f"{node.output[0]}_shifted", ctx.taken)
             new = [helper.make_node("Add", [data, moved], [middle], name=second_node.name),
                    helper.make_node("Mul", [middle, _constant(ctx, f1, f"{base}_scale")], [second_node.output[0]],
                                     name=node.name)]
