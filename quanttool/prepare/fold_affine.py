@@ -3,9 +3,10 @@ into the Conv/ConvTranspose/Gemm next to them, exactly, as BatchNormalization fo
 
 Why: every op quanttool quantizes requantizes its output, so a spelled-out affine map costs int8 precision for
 no compute. PP-LCNet (PP-OCRv4's recogniser backbone) wraps every conv in "learnable affine blocks"
-(conv -> Mul a -> Add b -> hardswish -> Div 6 -> Mul a' -> Add b' -> conv): eight requantizations per conv
-instead of three, and the int8 recogniser kept 12% of its strings. After folding, a block reads
-conv -> Add 3 -> Clip -> Mul (hardswish) [-> Add] -> conv.
+(conv -> Mul a -> Add b -> hardswish -> Div 6 -> Mul a' -> Add b' -> conv): about eight requantizations per conv
+where three or four do. After folding, a block reads conv -> Add 3 -> Clip -> Mul (hardswish) [-> Add] -> conv
+(this alone does not rescue that model's int8: its per-tensor channel ranges cost more, README "PP-OCRv4
+recogniser").
 
 Rewrites, each exact in real arithmetic, applied until none applies:
 - into the producer: Conv/ConvTranspose/Gemm -> affine (its only reader): w' = w * f, b' = b * f + s per output
