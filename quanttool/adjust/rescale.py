@@ -196,7 +196,7 @@ def rescale(model: onnx.ModelProto, scales: Mapping[str, np.ndarray]) -> tuple[o
                                   numpy_helper.from_array(s.astype(np.float32).reshape(-1, 1, 1), fwd)])
         p.output[0] = x_new
         back = helper.make_node("Mul", [x_new, inv], [site.x], name=_unique(f"{p.name}_rescale_inv", taken))
-        ahead = helper.make_node("Mul", [site.y, fwd], [y_new], name=_unique(f"{site.y}_rescale", taken))
+        ahead = helper.make_node("Mul", [site.y, fwd], [y_new], name=_unique(f"{site.y}_rescale_mul", taken))
         before.setdefault(site.region[0], []).append(back)
         before.setdefault(min(site.consumers), []).append(ahead)
         for j in site.consumers:
