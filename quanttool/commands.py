@@ -166,6 +166,17 @@ def _rescale_scales(inputs: Inputs, static) -> dict:
     return choose_scales(ranges)
 
 
+def _rescale_hint(static, adjust) -> str:
+    """The check's pointer at --rescale when the model has sites for it and it was not given."""
+    if adjust.rescale:
+        return ""
+    from .adjust.rescale import find_sites
+
+    sites = find_sites(static)
+    return (f"--rescale gives the activations that feed its {len(sites)} depthwise-conv site(s) per-channel ranges"
+            if sites else "")
+
+
 def _rescaled(prepared, scales: dict):
     """(the prepared model with the sites in `scales` rescaled, the nodes that must stay float)."""
     if not scales:
@@ -461,7 +472,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
         from .check import run_check, summarize
 
         report, independent = run_check(static, result.model, params, result.quantized, inputs, check_images)
-        text += "\n" + summarize(report, independent, check_floor)
+        text += "\n" + summarize(report, independent, check_floor, _rescale_hint(static, adjust))
     return text
 
 

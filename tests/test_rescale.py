@@ -182,3 +182,25 @@ def test_cli_rescale_records_its_scales_and_refuses_a_table(tmp_path):
     assert runner.invoke(cli, ["calibrate", "-m", str(model_path), "-i", str(images), "-o", str(table)]).exit_code == 0
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out), "--rescale"])
     assert result.exit_code != 0 and "--rescale" in str(result.exception)
+
+
+def test_check_points_at_rescale_when_the_model_has_sites(tmp_path, capsys):
+    from quanttool.adjust import Adjust
+    from quanttool.commands import convert_model
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(hardswish_model(rng).SerializeToString())
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(12):
+        np.save(images / f"{k}.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
+    options = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False,
+                   threads=0, images=[str(images)], max_images=8, check_images=4, check_floor=20.0)
+    convert_model(path, tmp_path / "q.onnx", None, Settings("minmax"), fmt="qdq", exclude=(), params_path=None,
+                  **options)
+    err = capsys.readouterr().err
+    assert "below the 20 dB floor" in err and "--rescale gives the activations that feed its 1 depthwise" in err
+    text = convert_model(path, tmp_path / "r.onnx", None, Settings("minmax"), fmt="qdq", exclude=(),
+                         params_path=None, adjust=Adjust(rescale=True), **options)
+    assert "--rescale gives" not in capsys.readouterr().err and "rescale: 1 activations" in text
