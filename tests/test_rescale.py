@@ -148,18 +148,24 @@ def test_rescale_raises_the_int8_sqnr_to_the_per_channel_reference():
     assert _sqnr(ref, rescaled) > _sqnr(ref, plain) + 10
 
 
+def _on_disk(tmp_path, seed: int, count: int):
+    """The toy model as a file and `count` random .npy inputs in a folder."""
+    rng = np.random.default_rng(seed)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(hardswish_model(rng).SerializeToString())
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(count):
+        np.save(images / f"{k}.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
+    return path, images
+
+
 def test_cli_rescale_records_its_scales_and_refuses_a_table(tmp_path):
     from click.testing import CliRunner
 
     from quanttool.cli import cli
 
-    rng = np.random.default_rng(3)
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(hardswish_model(rng).SerializeToString())
-    images = tmp_path / "images"
-    images.mkdir()
-    for k in range(8):
-        np.save(images / f"{k}.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
+    model_path, images = _on_disk(tmp_path, 3, 8)
     runner = CliRunner()
     out = tmp_path / "q.onnx"
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-i", str(images), "-o", str(out), "--rescale",
@@ -188,13 +194,7 @@ def test_check_points_at_rescale_when_the_model_has_sites(tmp_path, capsys):
     from quanttool.adjust import Adjust
     from quanttool.commands import convert_model
 
-    rng = np.random.default_rng(4)
-    path = tmp_path / "m.onnx"
-    path.write_bytes(hardswish_model(rng).SerializeToString())
-    images = tmp_path / "images"
-    images.mkdir()
-    for k in range(12):
-        np.save(images / f"{k}.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
+    path, images = _on_disk(tmp_path, 4, 12)
     options = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False,
                    threads=0, images=[str(images)], max_images=8, check_images=4, check_floor=20.0)
     convert_model(path, tmp_path / "q.onnx", None, Settings("minmax"), fmt="qdq", exclude=(), params_path=None,
