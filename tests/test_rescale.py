@@ -99,9 +99,9 @@ def test_sites_need_a_depthwise_reader_and_keep_other_readers_unscaled():
     assert find_sites(pointwise_only) == []
 
 
-def _int8_outputs(model, feeds, exclude=()):
+def _int8_outputs(model, feeds, exclude=(), fmt="qdq"):
     table = choose_params(model, observe(model, _samples(feeds), len(feeds)), Settings())
-    int8 = convert(model, table, exclude=exclude, int8_outputs=False).model
+    int8 = convert(model, table, fmt=fmt, exclude=exclude, int8_outputs=False).model
     return np.stack([run_int8(int8, f)[0] for f in feeds])
 
 
@@ -146,6 +146,9 @@ def test_rescale_raises_the_int8_sqnr_to_the_per_channel_reference():
     assert per_channel > per_tensor + 15
     assert per_channel > expected - 3  # int8 weights and the input's own rounding cost the rest
     assert _sqnr(ref, rescaled) > _sqnr(ref, plain) + 10
+    # the integer-only form runs the same computation (QLinearConv in, float region, QLinearConv out)
+    qoperator = _int8_outputs(scaled, feeds, exclude=floats, fmt="qoperator")
+    assert abs(_sqnr(ref[small], qoperator[small]) - per_channel) < 1
 
 
 def _on_disk(tmp_path, seed: int, count: int):
