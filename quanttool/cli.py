@@ -172,8 +172,8 @@ def weight_options(func):
                      "`calibrate --equalize`."),
         click.option("--rescale", is_flag=True,
                      help="Rescale per channel (on the calibration images) each activation that feeds depthwise "
-                          "convs through an elementwise activation such as HardSwish, whose channels' ranges differ "
-                          "by 4x or more: the producing conv's and the depthwise conv's weights absorb the scales "
+                          "convs through an elementwise activation such as HardSwish: the producing conv's and the "
+                          "depthwise conv's weights absorb the scales "
                           "(exact in fp32), the activation and two Muls run in float. Needs -i DIR."),
         click.option("--bias-correct", is_flag=True,
                      help="Add each quantized layer's mean output error on the calibration images to its bias."),

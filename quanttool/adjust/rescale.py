@@ -20,8 +20,9 @@ largest |value| of channel c in x or y on the calibration images and R the large
 whole int8 range, as per-channel activation scales would, while P and D stay int8 convs. The price: R and the
 two Muls run in float (the plan keeps them fp32), where the int8 model ran R's Add/Mul in int8 before.
 
-A site whose channels' ranges are within MIN_SPREAD of each other is left alone: it would gain at most two bits
-for the float ops. An empty region (P feeds D directly) needs no Mul at all.
+Every site found is rescaled: on the layout detector, leaving out the 13 of 30 sites whose channels' ranges are
+within 4x of each other (largest / median) kept 87.6% of the boxes instead of 90.9% (before sites whose y has
+other readers were included). An empty region (P feeds D directly) needs no Mul at all.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from .equalize import _conv_weight, _from_in_channel_view, _group, _in_channel_v
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Max", "Min", "Neg", "Abs", "Exp", "Erf", "Sqrt", "Pow", "Softplus", "Elu", "Selu", "PRelu"}
 MAX_REGION = 8  # an activation function spelled out in basic ops, not a whole block
-MIN_SPREAD = 1.0  # largest / median channel range below which a site is not rescaled
 MAX_SCALE = 1e4  # a (nearly) dead channel is not blown up further
 
 
@@ -139,11 +139,11 @@ def channel_ranges(model: onnx.ModelProto, sites: list[Site], samples: Iterable[
 
 
 def choose_scales(ranges: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """s_c = R / r_c per site whose ranges spread by MIN_SPREAD or more (see the module docstring)."""
+    """s_c = R / r_c per site (see the module docstring); a site with no nonzero value is left alone."""
     scales = {}
     for x, r in ranges.items():
         top = float(r.max())
-        if top <= 0 or top < MIN_SPREAD * float(np.median(r)):
+        if top <= 0:
             continue
         s = np.ones_like(r)
         live = r > 0
