@@ -63,8 +63,9 @@ def run_check(static: onnx.ModelProto, int8: onnx.ModelProto, params: dict, quan
     return report, independent
 
 
-def summarize(report: EvalReport, independent: bool, floor: float) -> str:
-    """The check's lines for stdout; warns on stderr for every output below the floor."""
+def summarize(report: EvalReport, independent: bool, floor: float, more_fixes: str = "") -> str:
+    """The check's lines for stdout; warns on stderr for every output below the floor (`more_fixes`: further
+    fixes that apply to this model, named in the warning)."""
     lines = [f"check on {describe_slice(report.images, independent)}:"]
     for out in report.outputs:
         agree = "" if out.top1_agreement is None else f"  top-1 agreement {out.top1_agreement * 100:.2f}%"
@@ -82,5 +83,6 @@ def summarize(report: EvalReport, independent: bool, floor: float) -> str:
             warn(f"output {out.name!r} is at {fmt_db(out.worst_sqnr_db)} dB, below the {floor:g} dB floor: this "
                  f"int8 model may be broken")
         warn(f"worst layers by isolated SQNR: {worst}. Fixes: convert --target-sqnr {floor:g} keeps the most "
-             f"harmful layers float; `quanttool sensitivity` ranks them; --exclude NODE keeps one float")
+             f"harmful layers float; `quanttool sensitivity` ranks them; --exclude NODE keeps one float"
+             + (f"; {more_fixes}" if more_fixes else ""))
     return "\n".join(lines)

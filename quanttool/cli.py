@@ -170,6 +170,11 @@ def weight_options(func):
     options = [
         click.option("--equalize", is_flag=True, help=EQUALIZE_HELP + " With -f, the table must come from "
                      "`calibrate --equalize`."),
+        click.option("--rescale", is_flag=True,
+                     help="Rescale per channel (on the calibration images) each activation that feeds depthwise "
+                          "convs through an elementwise activation such as HardSwish: the producing conv's and the "
+                          "depthwise conv's weights absorb the scales "
+                          "(exact in fp32), the activation and two Muls run in float. Needs -i DIR."),
         click.option("--bias-correct", is_flag=True,
                      help="Add each quantized layer's mean output error on the calibration images to its bias."),
         click.option("--weight-clip", is_flag=True,
@@ -296,12 +301,12 @@ def merge_stats(parts, output):
 @weight_options
 @trust_options
 def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, params_path, algorithm, target, scheme,
-            percentile, compat, bounded, stats_path, jobs, equalize, bias_correct, weight_clip, adaround, one_pass,
-            adjust_time, check_images, check_floor, target_sqnr, max_fp32_ops, **inputs):
+            percentile, compat, bounded, stats_path, jobs, equalize, rescale, bias_correct, weight_clip, adaround,
+            one_pass, adjust_time, check_images, check_floor, target_sqnr, max_fp32_ops, **inputs):
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     from .adjust import Adjust
 
-    adjust = Adjust(equalize, bias_correct, weight_clip, adaround, adjust_time, one_pass)
+    adjust = Adjust(equalize, bias_correct, weight_clip, adaround, adjust_time, one_pass, rescale)
     if one_pass and not (adaround or weight_clip):
         raise UsageError("--one-pass changes how --adaround and --weight-clip measure a layer's error: "
                          "give one of them too")

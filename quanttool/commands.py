@@ -152,10 +152,44 @@ def _equalized(prepared, on: bool):
     return equalize(prepared)[0]
 
 
+def _rescale_scales(inputs: Inputs, static) -> dict:
+    """Per-channel scales of adjust/rescale.py, from one fp32 pass over the calibration images."""
+    from .adjust.rescale import channel_ranges, choose_scales, find_sites
+    from .inputs import discover, iter_samples
+
+    sites = find_sites(static)
+    if not sites:
+        return {}
+    samples = discover(inputs.roots, inputs.max_images)
+    ranges = channel_ranges(static, sites, iter_samples(samples, inputs.specs, inputs.pp,
+                                                        threads=max(1, inputs.threads)), len(samples), inputs.threads)
+    return choose_scales(ranges)
+
+
+def _rescale_hint(static, adjust) -> str:
+    """The check's pointer at --rescale when the model has sites for it and it was not given."""
+    if adjust.rescale:
+        return ""
+    from .adjust.rescale import find_sites
+
+    sites = find_sites(static)
+    return (f"--rescale gives the activations that feed its {len(sites)} depthwise-conv site(s) per-channel ranges"
+            if sites else "")
+
+
+def _rescaled(prepared, scales: dict):
+    """(the prepared model with the sites in `scales` rescaled, the nodes that must stay float)."""
+    if not scales:
+        return prepared, []
+    from .adjust.rescale import rescale
+
+    return rescale(prepared, scales)
+
+
 def _calibrated(inputs: Inputs, prepared, settings: Settings, stats_path, jobs: int = 1,
-                equalized: bool = False) -> Table:
-    # an equalised model is another model: its statistics and tables must not pass for the original's
-    sha = inputs.sha + (EQUALIZED if equalized else "")
+                equalized: bool = False, rescaled: bool = False) -> Table:
+    # an equalised or rescaled model is another model: its statistics and tables must not pass for the original's
+    sha = inputs.sha + (EQUALIZED if equalized else "") + ("+rescale" if rescaled else "")
     stats, meta = collect(prepared, inputs.specs, inputs.roots, inputs.pp, max_images=inputs.max_images,
                           threads=inputs.threads, model_sha=sha, stats_path=stats_path, jobs=jobs)
     if settings.algorithm == "auto":  # per tensor, the candidate the consuming layers' outputs prefer
@@ -292,14 +326,15 @@ RECIPE_KEY = "quanttool.recipe"
 
 def record_recipe(model, params: dict, fmt: str, exclude: Sequence[str], weight_bits: int,
                   int8_outputs: bool, model_sha: str, quantized=(), made: dict | None = None,
-                  adjust: str = "none") -> None:
+                  adjust: str = "none", scales: dict | None = None) -> None:
     """Store how the int8 model was made, so `evaluate -q` can rebuild the list of quantized ops and find
     where each op's weight, bias and constant operands are stored (it reads them, never recomputes them), and
     (`made`) the preprocessing, algorithm, scheme, target and tool version, so the model says how it was made."""
     recipe = {"model_sha256": model_sha, "format": fmt, "exclude": list(exclude), "weight_bits": weight_bits,
               "int8_outputs": int8_outputs, "adjust": adjust, **(made or {}),
               "table": {name: [qp.scale, qp.zero_point] for name, qp in params.items()},
-              "stored": {op.node: op.stored for op in quantized if op.stored}}
+              "stored": {op.node: op.stored for op in quantized if op.stored},
+              **({"rescale": {x: [float(v) for v in s] for x, s in scales.items()}} if scales else {})}
     # replace, never add: a model that already carries a recipe (converted before, or its metadata copied)
     # would otherwise get the key twice, which the ONNX checker rejects
     kept = [entry for entry in model.metadata_props if entry.key != RECIPE_KEY]
@@ -376,13 +411,20 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     inputs = Inputs(model, **options)
     _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
     static = None
+    scales: dict = {}
     if table is not None:
+        if adjust.rescale:
+            raise UsageError("--rescale measures channel ranges on the calibration images: use -i DIR, not -f")
         dynamic = _equalized(inputs.dynamic(), adjust.equalize)
         loaded = _load_table(table, inputs.sha, adjust.equalize)
     else:  # static first: its verification on the first image then covers the dynamic copy when they agree
         static = _equalized(inputs.static(), adjust.equalize)
-        loaded = _calibrated(inputs, static, settings, stats_path, jobs, adjust.equalize)
-        dynamic = _equalized(inputs.dynamic(), adjust.equalize)
+        if adjust.rescale:
+            scales = _rescale_scales(inputs, static)
+            static, kept_float = _rescaled(static, scales)
+            exclude = tuple(exclude) + tuple(kept_float)
+        loaded = _calibrated(inputs, static, settings, stats_path, jobs, adjust.equalize, adjust.rescale)
+        dynamic = _rescaled(_equalized(inputs.dynamic(), adjust.equalize), scales)[0]
     params = loaded.params
     if adjust.needs_data:
         dynamic = _adjusted(inputs, dynamic, static, params, adjust, exclude, weight_bits)
@@ -401,7 +443,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     made = {"target": settings.target, "quanttool_version": __version__,
             **{key: loaded.meta[key] for key in ("preprocess", "algorithm", "scheme", "images") if key in loaded.meta}}
     record_recipe(result.model, params, fmt, exclude, weight_bits, int8_outputs, inputs.sha, result.quantized,
-                  made, adjust.describe())
+                  made, adjust.describe(), scales)
     data = result.model.SerializeToString()
     write_bytes(output, data)
     if params_path is not None:
@@ -421,13 +463,16 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     if result.bias_raised:
         text += (f"; weight scale raised on {sum(result.bias_raised.values())} channels of "
                  f"{len(result.bias_raised)} ops so their int32 bias fits")
+    if adjust.rescale:
+        text += (f"\nrescale: {len(scales)} activations feeding depthwise convs rescaled per channel (their "
+                 f"elementwise ops and the inserted Muls run in float)")
     if fallback is not None:
         text += "\n" + fallback.summary()
     if check_images and static is not None:
         from .check import run_check, summarize
 
         report, independent = run_check(static, result.model, params, result.quantized, inputs, check_images)
-        text += "\n" + summarize(report, independent, check_floor)
+        text += "\n" + summarize(report, independent, check_floor, _rescale_hint(static, adjust))
     return text
 
 
@@ -549,6 +594,7 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
                  f"match, the comparison below is meaningless")
         params = recipe["table"]
         static = _equalized(static, "equalize" in recipe.get("adjust", "none").split(","))
+        static = _rescaled(static, recipe.get("rescale", {}))[0]
         result = convert(static, params, fmt=recipe["format"], exclude=recipe["exclude"],
                          weight_bits=recipe["weight_bits"], int8_outputs=recipe.get("int8_outputs", True),
                          target=TARGETS[recipe.get("target", "onnxruntime")])

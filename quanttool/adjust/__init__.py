@@ -5,7 +5,9 @@
 - adaround.py: per-weight rounding up or down minimising the layer's output error;
 - bias_correction.py: the quantized layer's mean output error added to its bias;
 - layers.py: which layers, their calibration statistics (mean patches, Gram matrices), applying changes;
-- sequential.py: the same statistics layer by layer on the inputs of the already-adjusted int8 model.
+- sequential.py: the same statistics layer by layer on the inputs of the already-adjusted int8 model;
+- rescale.py: per-channel rescaling around a float activation feeding depthwise convs (changes the fp32 graph;
+  before calibration, exact in fp32; its scales come from one pass over the calibration images).
 
 `adjust_weights` runs the last three on a prepared model: the result is a float model whose weights lie
 on the int8 grid the rewrite then quantizes (exactly, by its own max|W_c| / 127 rule) and whose biases carry
@@ -44,13 +46,14 @@ class Adjust:
     adaround: bool = False
     time_limit: float = 600.0  # seconds for the rounding search over all layers
     one_pass: bool = False  # clip and rounding on fp32 inputs (layers.py), not sequential (sequential.py)
+    rescale: bool = False  # rescale.py
 
     @property
     def needs_data(self) -> bool:
         return self.bias_correct or self.weight_clip or self.adaround
 
     def describe(self) -> str:
-        on = [name for name in ("equalize", "bias_correct", "weight_clip", "adaround", "one_pass")
+        on = [name for name in ("equalize", "rescale", "bias_correct", "weight_clip", "adaround", "one_pass")
               if getattr(self, name)]
         return ",".join(on) or "none"
 
