@@ -182,7 +182,9 @@ def test_cli_rescale_records_its_scales_and_refuses_a_table(tmp_path):
     int8 = onnx.load(str(out))
     recipe = read_recipe(int8, out)
     assert recipe["adjust"] == "rescale" and list(recipe["rescale"]) == ["p"]
-    assert {"add", "mul", "P_rescale_inv", "y_rescale_mul"} <= set(recipe["exclude"])
+    # (preparation folds the /6 into the depthwise conv, so the rescaled tensor is the Mul's output there)
+    assert {"add", "mul", "P_rescale_inv"} <= set(recipe["exclude"])
+    assert len([name for name in recipe["exclude"] if name.endswith("_rescale_mul")]) == 1
     # the int8 model's float region: the Add and Mul of the HardSwish are not int8 ops
     assert not [n for n in int8.graph.node if n.name in ("add", "mul") and n.op_type.startswith("QLinear")]
     result = runner.invoke(cli, ["evaluate", "-m", str(model_path), "-q", str(out), "-i", str(images)])
