@@ -389,22 +389,29 @@ import sys, pathlib, numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 from quark.onnx import ModelQuantizer
 from quark.onnx.quantization.config.config import Config
+from quark.onnx.quantization.config.custom_config import DEFAULT_ADAQUANT_PARAMS, DEFAULT_ADAROUND_PARAMS
 from quark.onnx.quantization.config.legacy import QuantizationConfig
-model, out, folder, name, cle = sys.argv[1:6]
+model, out, folder, name, mode = sys.argv[1:6]
 class Reader(CalibrationDataReader):
     def __init__(self):
         self.items = iter([{name: np.load(p)} for p in sorted(pathlib.Path(folder).glob('*.npy'))])
     def get_next(self):
         return next(self.items, None)
+# AdaRound / AdaQuant: Quark's own defaults for them (custom_config.py: 1000 iterations per layer, batch 2,
+# early stop), on top of the same MinMax per-channel S8S8 configuration as the plain run
+finetune = {'adaround': DEFAULT_ADAROUND_PARAMS, 'adaquant': DEFAULT_ADAQUANT_PARAMS}.get(mode)
 config = QuantizationConfig(calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            include_cle=cle == '1', print_summary=False)
+                            include_cle=mode == 'cle', include_fast_ft=finetune is not None,
+                            extra_options={'FastFinetune': dict(finetune)} if finetune else {},
+                            print_summary=False)
 ModelQuantizer(Config(global_quant_config=config)).quantize_model(model, out, Reader())
 """
 
 
-def quark_convert(python: str, model, model_path: Path, out: Path, calib_feeds: list[dict], cle: bool):
-    """AMD Quark in its own interpreter (it pins an older onnx than quanttool's venv has)."""
+def quark_convert(python: str, model, model_path: Path, out: Path, calib_feeds: list[dict], mode: str):
+    """AMD Quark in its own interpreter (it pins an older onnx than quanttool's venv has); mode: minmax, cle,
+    adaround or adaquant."""
     import subprocess
 
     folder = out.parent / "calib_npy"
@@ -412,7 +419,7 @@ def quark_convert(python: str, model, model_path: Path, out: Path, calib_feeds: 
         folder.mkdir()
         for i, f in enumerate(calib_feeds):
             np.save(folder / f"{i:04d}.npy", f[model.input])
-    done = subprocess.run([python, "-c", QUARK, str(opset13(model_path, out)), str(out), str(folder), model.input, str(int(cle))],
+    done = subprocess.run([python, "-c", QUARK, str(opset13(model_path, out)), str(out), str(folder), model.input, mode],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
@@ -438,10 +445,15 @@ def variants(args) -> list[tuple[str, object]]:
             label = {"fast": "nncf (defaults: FastBiasCorrection)", "full": "nncf BiasCorrection",
                      "none": "nncf no bias correction"}[bc]
             result.append((label, lambda m, p, o, c, f, bc=bc: nncf_convert(p, o, f, bc)))
-    if ("quark" in anchors or "quark-all" in anchors) and args.quark_python:
-        for cle in ((False, True) if "quark-all" in anchors else (False,)):
-            result.append((f"quark MinMax{' + CLE' if cle else ''}", lambda m, p, o, c, f, cle=cle:
-                           quark_convert(args.quark_python, m, p, o, f, cle)))
+    if args.quark_python:
+        quark = {"quark": ["minmax"], "quark-all": ["minmax", "cle"], "quark-adaround": ["adaround"],
+                 "quark-adaquant": ["adaquant"]}
+        modes = [mode for anchor in anchors for mode in quark.get(anchor, [])]
+        labels = {"minmax": "quark MinMax", "cle": "quark MinMax + CLE", "adaround": "quark MinMax + AdaRound",
+                  "adaquant": "quark MinMax + AdaQuant"}
+        for mode in dict.fromkeys(modes):
+            result.append((labels[mode], lambda m, p, o, c, f, mode=mode:
+                           quark_convert(args.quark_python, m, p, o, f, mode)))
     return result
 
 
@@ -551,7 +563,8 @@ def main() -> None:
                         help="quanttool -a runs besides the defaults (default: kl,aciq,percentile,mse; --quick: kl,aciq)")
     parser.add_argument("--anchors", default=None,
                         help="other tools: ort (MinMax), ort-all (+ Entropy, Percentile), nncf (fast bias correction), "
-                             "nncf-all (+ full BiasCorrection, + none), quark (MinMax, per-channel), quark-all (+ CLE); comma-separated; "
+                             "nncf-all (+ full BiasCorrection, + none), quark (MinMax, per-channel), quark-all (+ CLE), "
+                             "quark-adaround, quark-adaquant (MinMax + Quark's default AdaRound/AdaQuant); comma-separated; "
                              "quark needs --quark-python. Default: ort-all,nncf-all,quark-all (--quick: ort,nncf,quark)")
     parser.add_argument("--quark-python", default=None,
                         help="interpreter with amd-quark installed (it needs onnx <= 1.22); adds 'quark' runs")

@@ -408,3 +408,59 @@ def test_sequential_passes_group_layers_by_depth():
                        [w("w1", 5, 6), w("w2", 5, 6), w("w3", 3, 5)])
     assert [[layer.node for layer in level] for level in depth_levels(model, find_layers(model))] == \
         [["g1", "g2"], ["g3"]]
+
+
+def test_sequential_statistics_propagate_once_and_match_a_hand_computation():
+    """A chain with a skip (Gemm g1 -> Relu -> h1 -> Gemm g2 -> h2; s = h1 + h2 -> Gemm g3): the cached,
+    segment-by-segment propagation gives g2 and g3 the Gram and cross matrices computed here by hand from
+    the fp32 inputs and the fake-quant inputs with the earlier layers' chosen weights and biases, and runs
+    every node of each model exactly once (h1 is kept in the cache for the Add)."""
+    from quanttool.adjust.layers import Change
+    from quanttool.adjust.sequential import Propagation, adjust_sequential, depth_levels, fake_quant_model
+    from quanttool.qparams import QParam
+
+    rng = np.random.default_rng(21)
+    gemm = lambda name, a, w, b, y: helper.make_node("Gemm", [a, w, b], [y], name=name, transB=1)  # noqa: E731
+    nodes = [gemm("g1", "x", "w1", "b1", "p1"), helper.make_node("Relu", ["p1"], ["h1"], name="relu"),
+             gemm("g2", "h1", "w2", "b2", "h2"), helper.make_node("Add", ["h1", "h2"], ["s"], name="add"),
+             gemm("g3", "s", "w3", "b3", "y")]
+    arrays = {"w1": rng.normal(size=(6, 5)), "b1": rng.normal(size=6), "w2": rng.normal(size=(6, 6)) * 0.5,
+              "b2": rng.normal(size=6), "w3": rng.normal(size=(3, 6)), "b3": rng.normal(size=3)}
+    model = make_model(nodes, [tensor_info("x", [4, 5])], [tensor_info("y", [4, 3])],
+                       [init(k, v.astype(np.float32)) for k, v in arrays.items()])
+    table = {"x": QParam(0.05), "h1": QParam(0.04, -20), "h2": QParam(0.06), "s": QParam(0.07, 3)}
+    layers = find_layers(model)
+    feeds = [{"x": rng.normal(size=(4, 5)).astype(np.float32)} for _ in range(5)]
+    seen, chosen = {}, {}
+
+    def choose(layer, st):  # record the statistics; change weight and bias so the next layers must see it
+        seen[layer.weight] = st
+        w, b = arrays[layer.weight], arrays[layer.bias]
+        chosen[layer.weight] = (w * 0.9 + 0.01, b + 0.1)
+        return Change(layer, chosen[layer.weight][0].astype(np.float32), chosen[layer.weight][1])
+
+    samples = [(str(k), f) for k, f in enumerate(feeds)]
+    adjust_sequential(model, set(table), layers, table, samples, len(feeds), 1, 127, float("inf"), choose)
+
+    def fq(v, name):
+        qp = table[name]
+        return (np.clip(np.round(v / qp.scale) + qp.zero_point, -128, 127) - qp.zero_point) * qp.scale
+
+    x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731 - the weights as the model stores them
+    h1 = np.maximum(x @ arrays["w1"].T + arrays["b1"], 0)
+    s = h1 + h1 @ arrays["w2"].T + arrays["b2"]
+    (w1, b1), (w2, b2) = chosen["w1"], chosen["w2"]
+    h1q = np.maximum(fq(x, "x") @ f32(w1).T + f32(b1), 0)
+    sq = fq(h1q, "h1") + fq(fq(h1q, "h1") @ f32(w2).T + f32(b2), "h2")
+    for weight, ref, got in (("w2", h1, fq(h1q, "h1")), ("w3", s, fq(sq, "s"))):
+        st = seen[weight]
+        np.testing.assert_allclose(st.gram[0], got.T @ got, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(st.cross[0], ref.T @ got, rtol=1e-4, atol=1e-4)
+    # each node of the fake-quant model (the Q/DQ pairs included) falls in exactly one segment
+    fq_model, fq_names = fake_quant_model(model, table, set(table))
+    targets = [[fq_names.get(layer.input, layer.input) for layer in level] for level in depth_levels(model, layers)]
+    prop = Propagation(fq_model, targets, 1, "fq")
+    ran = sorted(k for seg in prop.segments for k in seg)
+    assert ran == sorted(set(ran)) and len(ran) == len(fq_model.graph.node) - 1  # all but g3 itself
+    assert fq_names["h1"] in prop.reads[2]  # the skip: g3's segment reads h1 (fake-quantized) from the cache
