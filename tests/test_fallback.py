@@ -44,13 +44,13 @@ def _model():
     return make_model(nodes, [tensor_info("x", [1, 3, 8, 8])], [tensor_info("y", [1, 6, 8, 8])], inits)
 
 
-def _setup(tmp_path, count=40):
-    model = _model()
+def _setup(tmp_path, count=40, model=None, seed=1):
+    model = model if model is not None else _model()
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     folder = tmp_path / "npy"
     folder.mkdir()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     xs = [rng.normal(size=(3, 8, 8)).astype(np.float32) for _ in range(count)]
     for i, x in enumerate(xs):
         np.save(folder / f"{i:03d}.npy", x)
@@ -245,15 +245,7 @@ def test_fallback_judges_a_detection_head_per_part(tmp_path):
     """Box coordinates (hundreds of pixels) dominate one SQNR over the whole output, so all int8 already passes
     the target that way while the scores do not; the fallback judges the score part on its own, keeps the score
     branch's culprit conv float, and onnxruntime's int8 model then reaches the target on the scores too."""
-    model = _head_model()
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    folder = tmp_path / "npy"
-    folder.mkdir()
-    rng = np.random.default_rng(6)
-    xs = [rng.normal(size=(3, 8, 8)).astype(np.float32) for _ in range(40)]
-    for i, x in enumerate(xs):
-        np.save(folder / f"{i:03d}.npy", x)
+    model, path, folder, xs = _setup(tmp_path, model=_head_model(), seed=6)
     held = [{"x": x[None]} for i, x in enumerate(xs) if i % 5]
     ref = np.concatenate([run(model, f)[0] for f in held])
 

@@ -21,6 +21,8 @@ BN statistics) is not done.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -38,24 +40,51 @@ def _conv_weight(node: onnx.NodeProto, inits: dict) -> str | None:
     return node.input[1] if inits[node.input[1]].ndim == 4 else None
 
 
-def find_pairs(model: onnx.ModelProto) -> list[tuple[int, int, int]]:
-    """(conv1, activation, conv2) node indices, each link the only reader of the tensor before it."""
-    graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    constants = constant_values(graph)
-    outputs = {o.name for o in graph.output}
+def readers_of(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Tensor name -> indices of the nodes that read it."""
     readers: dict[str, list[int]] = {}
     for k, node in enumerate(graph.node):
         for name in node.input:
-            readers.setdefault(name, []).append(k)
-    uses = {name: len(ks) for name, ks in readers.items()}
+            if name:
+                readers.setdefault(name, []).append(k)
+    return readers
+
+
+@dataclass
+class GraphIndex:
+    """What the pair and site searches look up: initializer values, constants, graph outputs, readers."""
+    graph: onnx.GraphProto
+    inits: dict
+    constants: dict
+    outputs: set
+    readers: dict[str, list[int]]
+    uses: dict[str, int]
+
+
+def index_graph(graph: onnx.GraphProto) -> GraphIndex:
+    readers = readers_of(graph)
+    return GraphIndex(graph, {t.name: numpy_helper.to_array(t) for t in graph.initializer}, constant_values(graph),
+                      {o.name for o in graph.output}, readers, {name: len(ks) for name, ks in readers.items()})
+
+
+def scalable_convs(g: GraphIndex):
+    """(index, node, weight name) of every Conv whose output channels may be rescaled in place: its weight
+    and bias are initializers no other node reads, and its output is not a graph output."""
+    for k, node in enumerate(g.graph.node):
+        w = _conv_weight(node, g.inits)
+        if w is None or g.uses.get(w) != 1 or node.output[0] in g.outputs:
+            continue
+        if len(node.input) > 2 and node.input[2] and (node.input[2] not in g.inits or g.uses[node.input[2]] != 1):
+            continue
+        yield k, node, w
+
+
+def find_pairs(model: onnx.ModelProto) -> list[tuple[int, int, int]]:
+    """(conv1, activation, conv2) node indices, each link the only reader of the tensor before it."""
+    g = index_graph(model.graph)
+    graph, inits, constants, outputs, readers, uses = g.graph, g.inits, g.constants, g.outputs, g.readers, g.uses
     pairs = []
-    for k, node in enumerate(graph.node):
-        w1 = _conv_weight(node, inits)
-        if w1 is None or uses.get(w1) != 1 or node.output[0] in outputs:
-            continue
-        if len(node.input) > 2 and node.input[2] and (node.input[2] not in inits or uses[node.input[2]] != 1):
-            continue
+    for k, node, w1 in scalable_convs(g):
         after = readers.get(node.output[0], [])
         if len(after) != 1:
             continue

@@ -34,8 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..rewrite.plan import constant_values
-from .equalize import _conv_weight, _from_in_channel_view, _group, _in_channel_view
+from .equalize import _conv_weight, _from_in_channel_view, _group, _in_channel_view, index_graph, scalable_convs
 
 # elementwise ops a region may hold: each output value depends on the same position of its inputs only
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -51,15 +50,6 @@ class Site:
     region: list[int]  # node indices of the elementwise ops, in graph order
     y: str  # the region's output (x itself when the region is empty)
     consumers: list[int]  # node indices of the depthwise Convs reading y (the ones rescaled)
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, list[int]]:
-    readers: dict[str, list[int]] = {}
-    for k, node in enumerate(graph.node):
-        for name in node.input:
-            if name:
-                readers.setdefault(name, []).append(k)
-    return readers
 
 
 def _region(graph, x: str, readers, constants, channels: int) -> tuple[list[int], str | None]:
@@ -93,20 +83,10 @@ def _depthwise(node: onnx.NodeProto, inits: dict, channels: int) -> bool:
 
 
 def find_sites(model: onnx.ModelProto) -> list[Site]:
-    graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    constants = constant_values(graph)
-    outputs = {o.name for o in graph.output}
-    readers = _readers(graph)
-    uses = {name: len(ks) for name, ks in readers.items()}
+    g = index_graph(model.graph)
+    graph, inits, constants, outputs, readers, uses = g.graph, g.inits, g.constants, g.outputs, g.readers, g.uses
     sites = []
-    for k, node in enumerate(graph.node):
-        w = _conv_weight(node, inits)
-        if w is None or uses.get(w) != 1 or node.output[0] in outputs:
-            continue
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if bias is not None and (bias not in inits or uses[bias] != 1):
-            continue
+    for k, node, w in scalable_convs(g):
         channels = inits[w].shape[0]
         region, y = _region(graph, node.output[0], readers, constants, channels)
         if y is None or y in outputs or any(o in outputs for j in region for o in graph.node[j].output):
