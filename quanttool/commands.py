@@ -434,6 +434,10 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
             raise UsageError("--target-sqnr and --max-fp32-ops measure on images: calibrate with -i DIR instead of -f")
         from .fallback import choose
 
+        if adjust.needs_data:  # the fake-quant copies are built from `static`, which has the fp32 weights
+            warn("--target-sqnr/--max-fp32-ops choose on round-to-nearest weights, not the ones --adaround/"
+                 "--weight-clip/--bias-correct chose, so the real model may miss the target (the check below "
+                 "measures it); use either the weight options or the fallback")
         fallback = choose(static, params, inputs, exclude=exclude, weight_bits=weight_bits,
                           int8_outputs=int8_outputs, target=TARGETS[settings.target], target_db=target_sqnr,
                           max_float=max_fp32_ops, images=check_images)

@@ -303,3 +303,17 @@ def test_check_says_when_one_image_holds_most_of_the_error():
     assert "one image holds 85% of the error" in line(0.85)
     assert "one image holds" not in line(0.4)  # spread over the images: nothing to say
     assert "one image holds" not in line(1.0, images=1)  # a single image always holds all of it
+
+
+def test_fallback_with_weight_options_says_it_chooses_on_round_to_nearest_weights(tmp_path, capsys):
+    """The fallback simulates the fp32 weights rounded to nearest; with --bias-correct (or --adaround,
+    --weight-clip) the written model's weights differ, so convert says its choice may miss the target."""
+    from quanttool.adjust import Adjust
+    model, path, folder, xs = _setup(tmp_path, count=20)
+    convert_model(path, tmp_path / "q.onnx", None, Settings("minmax"), fmt="qdq", exclude=(), params_path=None,
+                  images=[str(folder)], max_images=8, check_images=12, target_sqnr=10.0,
+                  adjust=Adjust(bias_correct=True), **OPTIONS)
+    assert "choose on round-to-nearest weights" in capsys.readouterr().err
+    convert_model(path, tmp_path / "r.onnx", None, Settings("minmax"), fmt="qdq", exclude=(), params_path=None,
+                  images=[str(folder)], max_images=8, check_images=12, target_sqnr=10.0, **OPTIONS)
+    assert "round-to-nearest" not in capsys.readouterr().err
