@@ -16,6 +16,18 @@ def make_model(nodes, inputs, outputs, initializers=(), opset=13, name="test"):
     return model
 
 
+def save_model_and_inputs(tmp_path, model, arrays):
+    """`model` as tmp_path/m.onnx and each array as tmp_path/npy/NNN.npy (zero-padded, so the folder's sorted
+    order is the list's); returns (model path, folder)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for i, array in enumerate(arrays):
+        np.save(folder / f"{i:03d}.npy", array)
+    return path, folder
+
+
 def tensor_info(name, shape, dtype=TensorProto.FLOAT):
     return helper.make_tensor_value_info(name, dtype, shape)
 

@@ -11,7 +11,7 @@ from quanttool.calibrate import Settings
 from quanttool.commands import calibrate_table, convert_model
 from quanttool.errors import QuantError
 from quanttool.table import read_table
-from tests.helpers import init, make_model, run, run_int8, tensor_info
+from tests.helpers import init, make_model, run, run_int8, save_model_and_inputs, tensor_info
 
 OPTIONS = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False,
                max_images=None, threads=0)
@@ -32,13 +32,8 @@ def setup(tmp_path):
     model = make_model(nodes, [tensor_info("x", [1, 3, 6, 6])], [tensor_info("y", [1, 3])],
                        [init("w1", rng.normal(size=(4, 3, 3, 3)).astype(np.float32)),
                         init("w2", rng.normal(size=(3, 4, 1, 1)).astype(np.float32))])
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    images = tmp_path / "npy"
-    images.mkdir()
     xs = [rng.normal(size=(3, 6, 6)).astype(np.float32) * (i + 1) for i in range(5)]
-    for i, x in enumerate(xs):
-        np.save(images / f"{i}.npy", x)
+    path, images = save_model_and_inputs(tmp_path, model, xs)
     return tmp_path, path, images, model, xs
 
 

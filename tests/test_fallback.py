@@ -10,7 +10,7 @@ from onnx import helper
 from quanttool.calibrate import Settings
 from quanttool.commands import convert_model
 from quanttool.rewrite import convert
-from tests.helpers import init, make_model, run, run_int8, tensor_info
+from tests.helpers import init, make_model, run, run_int8, save_model_and_inputs, tensor_info
 from tests.test_rewrite_common import calibrate
 
 OPTIONS = dict(shape=(), mean="0", norm="1", color="rgb", resize="stretch", pad_value=None, focus=False, threads=0)
@@ -46,14 +46,9 @@ def _model():
 
 def _setup(tmp_path, count=40, model=None, seed=1):
     model = model if model is not None else _model()
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    folder = tmp_path / "npy"
-    folder.mkdir()
     rng = np.random.default_rng(seed)
     xs = [rng.normal(size=(3, 8, 8)).astype(np.float32) for _ in range(count)]
-    for i, x in enumerate(xs):
-        np.save(folder / f"{i:03d}.npy", x)
+    path, folder = save_model_and_inputs(tmp_path, model, xs)
     return model, path, folder, xs
 
 

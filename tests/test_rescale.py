@@ -11,7 +11,7 @@ from quanttool.calibrate import Settings, choose_params
 from quanttool.observe import observe
 from quanttool.rewrite import convert
 
-from .helpers import init, make_model, run, run_int8, tensor_info
+from .helpers import init, make_model, run, run_int8, save_model_and_inputs, tensor_info
 
 C = 4
 
@@ -154,13 +154,9 @@ def test_rescale_raises_the_int8_sqnr_to_the_per_channel_reference():
 def _on_disk(tmp_path, seed: int, count: int):
     """The toy model as a file and `count` random .npy inputs in a folder."""
     rng = np.random.default_rng(seed)
-    path = tmp_path / "m.onnx"
-    path.write_bytes(hardswish_model(rng).SerializeToString())
-    images = tmp_path / "images"
-    images.mkdir()
-    for k in range(count):
-        np.save(images / f"{k}.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
-    return path, images
+    model = hardswish_model(rng)
+    return save_model_and_inputs(tmp_path, model, [rng.normal(size=(3, 8, 8)).astype(np.float32)
+                                                    for _ in range(count)])
 
 
 def test_cli_rescale_records_its_scales_and_refuses_a_table(tmp_path):

@@ -6,13 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
-import pytest
 from onnx import helper
 
-from quanttool.cli import main
 from quanttool.stats import TensorStats, load_stats, save_stats
-from tests.helpers import init, make_model, tensor_info
+from tests.helpers import init, make_model, save_model_and_inputs, tensor_info
 from tests.test_errors import one_line_error, run_cli
 
 FIELDS = ("count", "numel", "samples", "zeros", "edge_pos", "edge_neg", "min", "max", "sum", "sumsq", "sumabs",
@@ -66,13 +63,8 @@ def _model_and_images(tmp_path, n=11):
     model = make_model(nodes, [tensor_info("x", [1, 3, 6, 6])], [tensor_info("y", [1, 3, 6, 6])],
                        [init("w1", rng.normal(size=(4, 3, 3, 3)).astype(np.float32)),
                         init("w2", rng.normal(size=(3, 4, 1, 1)).astype(np.float32))])
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    images = tmp_path / "npy"
-    images.mkdir()
-    for i in range(n):
-        np.save(images / f"{i:02d}.npy", (rng.standard_normal((3, 6, 6)) * (i + 1) ** 2).astype(np.float32))
-    return path, images
+    return save_model_and_inputs(tmp_path, model, [(rng.standard_normal((3, 6, 6)) * (i + 1) ** 2).astype(np.float32)
+                                                    for i in range(n)])
 
 
 def test_shard_merge_calibrate_gives_the_one_machine_table_bytes(tmp_path, capsys):
