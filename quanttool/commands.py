@@ -368,35 +368,44 @@ def recipe_preprocessing(text: str, names: Sequence[str]) -> dict:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
 
 
+def _recipe_json(model) -> dict | None:
+    """The recipe entry of the model's metadata as JSON, unchecked; None when absent or not a JSON object."""
+    for entry in model.metadata_props:
+        if entry.key == RECIPE_KEY:
+            try:
+                recipe = json.loads(entry.value)
+            except ValueError:
+                return None
+            return recipe if isinstance(recipe, dict) else None
+    return None
+
+
 def read_recipe(model, path: Path) -> dict:
     """The recipe convert recorded, every field checked: a damaged one is named as such, never reported as an
     option the user did not give."""
     from .rewrite import FORMATS
 
-    for entry in model.metadata_props:
-        if entry.key == RECIPE_KEY:
-            try:
-                recipe = json.loads(entry.value)
-                recipe["table"] = {name: QParam(float(s), int(z)) for name, (s, z) in recipe["table"].items()}
-            except (ValueError, KeyError, TypeError, AttributeError):
-                break
-            problems = [f"format {recipe.get('format')!r}" if recipe.get("format") not in FORMATS else "",
-                        "exclude" if not (isinstance(recipe.get("exclude"), list)
-                                          and all(isinstance(e, str) for e in recipe["exclude"])) else "",
-                        f"weight_bits {recipe.get('weight_bits')!r}"
-                        if type(recipe.get("weight_bits")) is not int or not 2 <= recipe["weight_bits"] <= 8 else "",
-                        "int8_outputs" if not isinstance(recipe.get("int8_outputs", True), bool) else "",
-                        f"target {recipe.get('target')!r}" if not isinstance(recipe.get("target", "onnxruntime"), str)
-                        or recipe.get("target", "onnxruntime") not in TARGETS else "",
-                        "table" if not all(math.isfinite(qp.scale) and qp.scale > 0 and -128 <= qp.zero_point <= 127
-                                           for qp in recipe["table"].values()) else ""]
-            problems = [p for p in problems if p]
-            if problems:
-                raise QuantError(f"{path}: its {RECIPE_KEY} metadata is damaged ({', '.join(problems)}); convert "
-                                 f"the model again, or evaluate its table with -f TABLE.scale")
-            return recipe
-    raise QuantError(f"{path}: not made by `quanttool convert` (no readable {RECIPE_KEY} metadata); "
-                     f"evaluate its table instead with -f TABLE.scale")
+    recipe = _recipe_json(model)
+    try:  # no recipe (None) fails here as well
+        recipe["table"] = {name: QParam(float(s), int(z)) for name, (s, z) in recipe["table"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise QuantError(f"{path}: not made by `quanttool convert` (no readable {RECIPE_KEY} metadata); "
+                         f"evaluate its table instead with -f TABLE.scale") from None
+    problems = [f"format {recipe.get('format')!r}" if recipe.get("format") not in FORMATS else "",
+                "exclude" if not (isinstance(recipe.get("exclude"), list)
+                                  and all(isinstance(e, str) for e in recipe["exclude"])) else "",
+                f"weight_bits {recipe.get('weight_bits')!r}"
+                if type(recipe.get("weight_bits")) is not int or not 2 <= recipe["weight_bits"] <= 8 else "",
+                "int8_outputs" if not isinstance(recipe.get("int8_outputs", True), bool) else "",
+                f"target {recipe.get('target')!r}" if not isinstance(recipe.get("target", "onnxruntime"), str)
+                or recipe.get("target", "onnxruntime") not in TARGETS else "",
+                "table" if not all(math.isfinite(qp.scale) and qp.scale > 0 and -128 <= qp.zero_point <= 127
+                                   for qp in recipe["table"].values()) else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise QuantError(f"{path}: its {RECIPE_KEY} metadata is damaged ({', '.join(problems)}); convert "
+                         f"the model again, or evaluate its table with -f TABLE.scale")
+    return recipe
 
 
 def convert_model(model: Path, output: Path, table: Path | None, settings: Settings, *, fmt: str,
@@ -555,13 +564,8 @@ def _inputs_with_recipe(model: Path, int8, quantized: Path | None, options: dict
     """Inputs for MODEL; with no preprocessing option given, the preprocessing convert recorded in the int8
     model's recipe (images must reach both models as they reached calibration); a different one given is
     used, with a warning."""
-    recorded = None
-    for entry in int8.metadata_props if int8 is not None else ():
-        if entry.key == RECIPE_KEY:  # damaged or absent: no preprocessing to take (read_recipe names the damage)
-            try:
-                recorded = json.loads(entry.value).get("preprocess")
-            except (ValueError, AttributeError):
-                pass
+    recipe = _recipe_json(int8) if int8 is not None else None  # damaged or absent: read_recipe names it later
+    recorded = recipe.get("preprocess") if recipe is not None else None
     recorded = recorded if isinstance(recorded, str) else None
     given = any(options[key] for key in ("mean", "norm", "color", "resize", "pad_value", "focus"))
     source = model
