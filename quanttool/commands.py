@@ -435,22 +435,24 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
         loaded = _calibrated(inputs, static, settings, stats_path, jobs, adjust.equalize, adjust.rescale)
         dynamic = _rescaled(_equalized(inputs.dynamic(), adjust.equalize), scales)[0]
     params = loaded.params
-    if adjust.needs_data:
-        dynamic = _adjusted(inputs, dynamic, static, params, adjust, exclude, weight_bits)
+    changes = _adjusted(inputs, static, params, adjust, exclude, weight_bits) if adjust.needs_data else []
     fallback = None
     if target_sqnr is not None or max_fp32_ops is not None:
         if static is None:
             raise UsageError("--target-sqnr and --max-fp32-ops measure on images: calibrate with -i DIR instead of -f")
+        from .adjust import apply_changes
         from .fallback import choose
 
-        if adjust.needs_data:  # the fake-quant copies are built from `static`, which has the fp32 weights
-            warn("--target-sqnr/--max-fp32-ops choose on round-to-nearest weights, not the ones --adaround/"
-                 "--weight-clip/--bias-correct chose, so the real model may miss the target (the check below "
-                 "measures it); use either the weight options or the fallback")
+        # the fake-quant copies take the weights convert writes; the float configuration keeps the fp32 ones
         fallback = choose(static, params, inputs, exclude=exclude, weight_bits=weight_bits,
                           int8_outputs=int8_outputs, target=TARGETS[settings.target], target_db=target_sqnr,
-                          max_float=max_fp32_ops, images=check_images)
+                          max_float=max_fp32_ops, images=check_images,
+                          int8_weights=apply_changes(static, changes) if changes else None)
         exclude = tuple(exclude) + tuple(layer.name for layer in fallback.kept)
+    if changes:  # a layer the fallback keeps float keeps its fp32 weights, as the search simulated it
+        from .adjust import apply_changes
+
+        dynamic = apply_changes(dynamic, [c for c in changes if c.layer.node not in exclude])
     result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
                      target=TARGETS[settings.target])
     made = {"target": settings.target, "quanttool_version": __version__,
@@ -512,9 +514,9 @@ def _all_nodes(graph):
             yield from _all_nodes(sub)
 
 
-def _adjusted(inputs: Inputs, dynamic, static, params: dict, adjust, exclude, weight_bits: int):
-    """`dynamic` with the weights and biases the weight-side methods chose on the calibration images."""
-    from .adjust import adjust_weights, apply_changes
+def _adjusted(inputs: Inputs, static, params: dict, adjust, exclude, weight_bits: int) -> list:
+    """The weights and biases the weight-side methods chose on the calibration images (adjust.Change list)."""
+    from .adjust import adjust_weights
     from .inputs import LoadReport, discover, iter_samples
 
     if inputs.roots is None:
@@ -525,7 +527,7 @@ def _adjusted(inputs: Inputs, dynamic, static, params: dict, adjust, exclude, we
     changes = adjust_weights(static, params, lambda: iter_samples(samples, inputs.specs, inputs.pp,
                                                                   threads=max(1, inputs.threads), report=report),
                              len(samples), adjust, exclude=exclude, bits=weight_bits, threads=inputs.threads)
-    return apply_changes(dynamic, changes)
+    return changes
 
 
 def sensitivity_model(model: Path, table: Path | None, settings: Settings, *, exclude: Sequence[str],

@@ -260,13 +260,15 @@ def search(sim: Simulator, samples: list, *, target_db: float | None, max_float:
                     len(scores), passes)
 
 def choose(static, params: dict, inputs, *, exclude, weight_bits: int, int8_outputs: bool, target=None,
-           target_db: float | None, max_float: int | None, images: int) -> Fallback:
-    """convert's use: the search on the check's held-out slice of `inputs` (quanttool.commands.Inputs)."""
+           target_db: float | None, max_float: int | None, images: int, int8_weights=None) -> Fallback:
+    """convert's use: the search on the check's held-out slice of `inputs` (quanttool.commands.Inputs);
+    `int8_weights`: `static` with the weights the weight-side methods chose (Simulator)."""
     from .check import DEFAULT_IMAGES, check_samples
     from .inputs import iter_samples
 
     samples, _ = check_samples(inputs, images or DEFAULT_IMAGES)
-    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs, target=target)
+    sim = Simulator(static, params, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs, target=target,
+                    int8_weights=int8_weights)
 
     def load(chosen):
         return iter_samples(chosen, inputs.specs, inputs.pp, threads=max(1, inputs.threads))

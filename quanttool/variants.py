@@ -75,7 +75,11 @@ class Simulator:
     """The converter's plan for a prepared model and table, and fake-quant graphs of chosen configurations."""
 
     def __init__(self, model: onnx.ModelProto, table: dict, *, exclude: Sequence[str] = (), weight_bits: int = 8,
-                 int8_outputs: bool = False, target: Target | None = None) -> None:
+                 int8_outputs: bool = False, target: Target | None = None,
+                 int8_weights: onnx.ModelProto | None = None) -> None:
+        """`int8_weights`: the same graph with the weights and biases convert quantizes when they differ from
+        `model`'s (--adaround, --weight-clip, --bias-correct); the float configuration keeps `model`'s, so it
+        stays the fp32 reference."""
         self.model = upgrade_opset(model)
         self.table = table
         self.bits = 8  # activations are int8; weight_bits is 7 under --reduce-range
@@ -86,6 +90,12 @@ class Simulator:
         outputs = {o.name for o in plan.graph.output} - read
         self.float_outputs = (set() if int8_outputs else float_tails(plan, outputs)) | plan.float_outputs
         self.plan: Plan = plan
+        self.int8_groups = plan.groups
+        if int8_weights is not None:
+            other = make_plan(upgrade_opset(int8_weights), table, exclude, self.target)
+            if [n.op_type for n in other.graph.node] != [n.op_type for n in plan.graph.node]:
+                raise ValueError("int8_weights must be the same graph as the model, with other initializers")
+            self.int8_groups = other.groups
         shapes = tensor_shapes(plan.graph)
         self.layers = [Layer(i, g.name, g.op_type, int(g.weight_array.size) if g.weight_array is not None else 0,
                              multiply_accumulates(plan.graph.node[i], g.weight_array, shapes))
@@ -146,6 +156,7 @@ class Simulator:
         clone.CopyFrom(node)
         if int8_consts:
             for position, name in self._constants(g, i, weights, nodes).items():
+                inputs.extend([""] * (position + 1 - len(inputs)))  # a bias the weight methods added
                 inputs[position] = name
             for attr_name, value in self.plan.groups[i].attrs.items():  # Gemm alpha/beta folded into W and B
                 for attr in clone.attribute:
@@ -164,7 +175,7 @@ class Simulator:
         """Node i's weight, bias and constant operands as the converter stores them (int8/int32 + DQ), once."""
         if i in cache:
             return cache[i]
-        group, node = self.plan.groups[i], self.plan.graph.node[i]
+        group, node = self.int8_groups[i], self.plan.graph.node[i]
         found: dict[int, str] = {}
         if group.weight_array is not None:
             floor = 0.0  # the converter raises a channel's weight scale where the int32 bias would not fit
