@@ -13,6 +13,8 @@ onnxruntime then runs saturating U8S8 kernels).
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import os
 import shutil
 import tempfile

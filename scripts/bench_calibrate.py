@@ -18,6 +18,8 @@ Prints the CPU's int8 features, then, side by side (alternating runs, medians, s
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import os
 import resource

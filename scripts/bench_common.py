@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# before anything loads onnxruntime: its Linux wheels queue telemetry otherwise (quanttool/__init__.py)
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 import statistics
 import sys
 import time

@@ -12,6 +12,8 @@ and prints their ratio, plus the per-image time of the plain int8 model for refe
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import os
 import shutil
 import tempfile

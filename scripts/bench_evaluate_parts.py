@@ -13,6 +13,8 @@ CPU milliseconds; the ratio of evaluate's CPU to the plain fp32 inference's.
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import collections
 import os

@@ -10,6 +10,8 @@ random weights, N generated images): few images, so the per-command fixed costs 
 """
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import os
 import resource

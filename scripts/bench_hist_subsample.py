@@ -20,6 +20,8 @@ real digits: calibration_data/, demo/heldout/), or a trained model folder of scr
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import re
 import statistics

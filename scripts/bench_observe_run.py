@@ -15,6 +15,8 @@ median of the repeats, CPU milliseconds per image:
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import os
 import statistics

@@ -6,6 +6,8 @@ image with quanttool's input pipeline, one onnxruntime fp32 run each (default se
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import sys
 
 from bench_common import PREPROCESS

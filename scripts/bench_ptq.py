@@ -13,6 +13,8 @@ Preprocessing options are passed to quanttool unchanged (e.g. --color gray --nor
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import subprocess
 import sys

@@ -11,6 +11,8 @@ the median over rounds of the per-inference mean, and its ratio to the first mod
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import statistics
 import time

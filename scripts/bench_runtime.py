@@ -17,6 +17,8 @@ the median over rounds of the per-inference mean.
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import logging
 import statistics
 import sys

@@ -17,6 +17,8 @@ Measured, one after the other in one run:
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import time
 
 from bench_common import PREPROCESS, ROOT, arguments, cpu_int8_features, median_time

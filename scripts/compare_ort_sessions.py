@@ -14,6 +14,8 @@ Demo inputs are its held-out images; the others get N(0, 1) inputs (random weigh
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import subprocess
 import sys

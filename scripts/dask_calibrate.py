@@ -12,6 +12,8 @@ Needs the `dist` extra: `pip install 'quanttool[dist]'`.
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 import subprocess
 import sys

@@ -13,6 +13,8 @@ onnxruntime; that probe shows what equalising the channels could reach at most.
 
 from __future__ import annotations
 
+import bench_common  # noqa: F401 - first: no onnxruntime telemetry (it sets ORT_DISABLE_TELEMETRY)
+
 import argparse
 from pathlib import Path
 

@@ -118,3 +118,23 @@ def test_ctrl_c_during_a_command_is_one_line_exit_130(monkeypatch, capsys):
         main(["calibrate", "-m", "x.onnx", "-i", "d"])
     err = capsys.readouterr().err
     assert exc.value.code == 130 and err.split() == ["quanttool:", "interrupted"]
+
+
+def test_no_telemetry_from_onnxruntime(tmp_path):
+    """onnxruntime 1.32's Linux wheel writes a device id and queues telemetry events under
+    ~/.cache/Microsoft/DeveloperTools unless ORT_DISABLE_TELEMETRY is set; a quanttool command leaves nothing
+    there (plain onnxruntime in the same HOME is run too, so the test shows whether this version records)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    model = Path(__file__).resolve().parent.parent / "demo" / "digits_mobilenet.onnx"
+    images = Path(__file__).resolve().parent.parent / "calibration_data" / "digit_0"
+    ours, plain = tmp_path / "ours", tmp_path / "plain"
+    result = subprocess.run([sys.executable, "-m", "quanttool", "calibrate", "-m", model, "-i", images, "--color",
+                             "gray", "--max-images", "2", "-o", tmp_path / "t.scale"],
+                            env={**env, "HOME": str(ours)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "t.scale").exists() and not (ours / ".cache" / "Microsoft").exists()
+    subprocess.run([sys.executable, "-c", f"import onnxruntime as o; o.InferenceSession({str(model)!r})"],
+                   env={**env, "HOME": str(plain)}, check=True)
+    print("plain onnxruntime records telemetry here:", (plain / ".cache" / "Microsoft").exists())
