@@ -16,6 +16,8 @@ from . import __version__
 from .errors import QuantError, UsageError, interrupted, one_line
 from .targets import TARGETS
 
+# percentile: on every trained model of the benchmark as good as minmax or better (README "Defaults")
+DEFAULT_ALGORITHM = "percentile"
 # quanttool.algorithms' names, then Tengine's numbers 0/1/2: spelled out here because importing the algorithms
 # pulls in numpy, and `quanttool --help` should not wait for it (tests/test_cli.py checks the two agree)
 ALGORITHM_CHOICES = ["minmax", "kl", "aciq", "percentile", "mse", "0", "1", "2"]
@@ -73,10 +75,11 @@ def _finite(ctx, param, value):
 
 def calibration_options(func):
     options = [
-        click.option("-a", "--algorithm", type=click.Choice([*ALGORITHM_CHOICES, "auto"]), default="minmax",
-                     show_default=True,
+        click.option("-a", "--algorithm", type=click.Choice([*ALGORITHM_CHOICES, "auto"]), default=None,
                      help="Clip-range algorithm; Tengine's numbers 0/1/2 mean minmax/kl/aciq. auto: per tensor, "
-                          "the one whose error hurts the consuming layers' outputs least (one more pass)."),
+                          "the one whose error hurts the consuming layers' outputs least (one more pass). "
+                          "[default: percentile (--percentile of |x|: one outlier no longer sets a tensor's range; "
+                          "README 'Defaults'); minmax with --compat tengine]"),
         click.option("--target", type=click.Choice(list(TARGETS)), default=None,
                      help="Runtime the int8 model is for (README 'Deploying'). generic: symmetric activations, int32 "
                           "biases, QDQ; runs in onnxruntime and OpenVINO with default settings. onnxruntime: any "
@@ -180,9 +183,10 @@ def weight_options(func):
         click.option("--weight-clip", is_flag=True,
                      help="Per output channel, the weight clip (50-100%% of max|W|) with the smallest output error "
                           "of the layer on the calibration images."),
-        click.option("--adaround", is_flag=True,
+        click.option("--adaround/--no-adaround", default=None,
                      help="Round each weight up or down to minimise the layer's output error on the calibration "
-                          "images (AdaRound's objective, solved by coordinate descent)."),
+                          "images (AdaRound's objective, solved by coordinate descent); --no-adaround: round to "
+                          "nearest. [default: on when there are calibration images (-i), README 'Defaults']"),
         click.option("--one-pass", is_flag=True,
                      help="With --adaround/--weight-clip: measure every layer's error on fp32 inputs in one pass "
                           "over the images (faster) instead of layer by layer on the inputs of the int8 model with "
@@ -199,6 +203,7 @@ def _settings(algorithm, scheme, bits, percentile, compat, target=None, bounded=
     from .algorithms import resolve
     from .calibrate import Settings, check_settings
 
+    algorithm = algorithm or ("minmax" if compat else DEFAULT_ALGORITHM)
     if algorithm == "auto" and compat:
         raise UsageError("-a auto chooses among quanttool's own formulas; drop --compat tengine or pick -a 0/1/2")
     settings = Settings("auto" if algorithm == "auto" else resolve(algorithm), scheme, bits, percentile, compat,
@@ -306,6 +311,10 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     """Write an int8 ONNX model from a table (-f) or from images (-i) calibrated on the spot."""
     from .adjust import Adjust
 
+    note = ""
+    if adaround is None:  # the default: AdaRound when there are images to run it on
+        adaround = bool(inputs["images"])
+        note = "" if adaround else "\nweights rounded to nearest: AdaRound (the default) needs the calibration images, -i DIR"
     adjust = Adjust(equalize, bias_correct, weight_clip, adaround, adjust_time, one_pass, rescale)
     if one_pass and not (adaround or weight_clip):
         raise UsageError("--one-pass changes how --adaround and --weight-clip measure a layer's error: "
@@ -333,7 +342,7 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     click.echo(convert_model(model, output, table, settings, fmt=fmt, exclude=exclude, params_path=params_path,
                              weight_bits=7 if reduce_range else 8, int8_outputs=int8_outputs, stats_path=stats_path,
                              jobs=jobs, adjust=adjust, check_images=check_images, check_floor=check_floor,
-                             target_sqnr=target_sqnr, max_fp32_ops=max_fp32_ops, **inputs))
+                             target_sqnr=target_sqnr, max_fp32_ops=max_fp32_ops, **inputs) + note)
 
 
 @cli.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quanttool import prepare as prep
@@ -298,7 +299,7 @@ def test_cli_equalize_table_mismatch_and_missing_images(tmp_path):
                                  "-i", str(images), "--bias-correct", "--adaround"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out),
-                                 "-i", str(images), "--one-pass"])
+                                 "-i", str(images), "--one-pass", "--no-adaround"])
     assert result.exit_code != 0 and "--one-pass" in str(result.exception)
     result = runner.invoke(cli, ["convert", "-m", str(model_path), "-f", str(table), "-o", str(out),
                                  "-i", str(images), "--adaround", "--one-pass"])
@@ -495,3 +496,40 @@ def test_sequential_statistics_propagate_once_and_match_a_hand_computation():
     ran = sorted(k for seg in prop.segments for k in seg)
     assert ran == sorted(set(ran)) and len(ran) == len(fq_model.graph.node) - 1  # all but g3 itself
     assert fq_names["h1"] in prop.reads[2]  # the skip: g3's segment reads h1 (fake-quantized) from the cache
+
+
+def test_sequential_statistics_thin_the_images_to_stay_within_the_memory_bound(monkeypatch):
+    """AdaRound is on by default, so its image cache is bounded: the cut's bytes per image come from the shapes
+    (the widest: g2's step reads x, 4 x 5 float32, to compute its target r, 4 x 6), and with room for 2 of 5
+    images in both models the statistics are those of images 0 and 4 alone (evenly spread)."""
+    from quanttool.adjust import sequential
+    from quanttool.adjust.sequential import Propagation, adjust_sequential, depth_levels
+    from quanttool.qparams import QParam
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="g1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="g2", transB=1)]
+    inits = [init("w1", rng.normal(size=(6, 5)).astype(np.float32)), init("b1", np.zeros(6, np.float32)),
+             init("w2", rng.normal(size=(3, 6)).astype(np.float32)), init("b2", np.zeros(3, np.float32))]
+    model = onnx.shape_inference.infer_shapes(make_model(nodes, [tensor_info("x", [4, 5])],
+                                                         [tensor_info("y", [4, 3])], inits))
+    layers = find_layers(model)
+    prop = Propagation(model, [sorted({l.input for l in level}) for level in depth_levels(model, layers)], 1, "m")
+    assert prop.cut_bytes() == 4 * 5 * 4 + 4 * 6 * 4
+    feeds = [{"x": rng.normal(size=(4, 5)).astype(np.float32)} for _ in range(5)]
+    table = {"x": QParam(0.05), "h": QParam(0.04), "r": QParam(0.04, -128)}
+    monkeypatch.setattr(sequential, "MAX_CACHE_BYTES", 2 * 2 * 176 + 10)
+    seen = {}
+
+    def choose(layer, st):
+        seen[layer.weight] = st
+        return None
+
+    samples = [(str(k), f) for k, f in enumerate(feeds)]
+    adjust_sequential(model, set(table), layers, table, samples, 5, 1, 127, float("inf"), choose)
+    x = np.concatenate([feeds[0]["x"], feeds[4]["x"]]).astype(np.float64)
+    xq = np.clip(np.round(x / 0.05), -128, 127) * 0.05
+    assert seen["w1"].count == 2 * 4
+    np.testing.assert_allclose(seen["w1"].gram[0], xq.T @ xq, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(seen["w1"].cross[0], x.T @ xq, rtol=1e-4, atol=1e-4)

@@ -430,9 +430,32 @@ def test_convert_from_images_equals_calibrate_then_convert(conv_workspace, capsy
     assert run_cli(capsys, "calibrate", *common, "-o", tmp / "t.scale")[0] == 0
     assert run_cli(capsys, "convert", "-m", model, "-f", tmp / "t.scale", "-o", tmp / "f.onnx", "--format", fmt,
                    "--params", tmp / "f.json")[0] == 0
-    assert run_cli(capsys, "convert", *common, "-o", tmp / "i.onnx", "--format", fmt, "--params", tmp / "i.json")[0] == 0
+    # -i alone also runs AdaRound by default, which a table without images cannot: compare like with like
+    assert run_cli(capsys, "convert", *common, "-o", tmp / "i.onnx", "--format", fmt, "--params", tmp / "i.json",
+                   "--no-adaround")[0] == 0
     assert (tmp / "f.onnx").read_bytes() == (tmp / "i.onnx").read_bytes()
     assert (tmp / "f.json").read_bytes() == (tmp / "i.json").read_bytes()
+
+
+def test_defaults_are_percentile_and_adaround_when_there_are_images(conv_workspace, capsys):
+    """README "Defaults": -a percentile (minmax under --compat tengine), and AdaRound when convert has images;
+    from a table alone the weights are rounded to nearest, and convert says so."""
+    tmp, model, images = conv_workspace
+    common = ["-m", model, "-i", images]
+    for name, extra in (("d", []), ("p", ["-a", "percentile"]), ("td", ["--compat", "tengine"]),
+                        ("tm", ["--compat", "tengine", "-a", "minmax"])):
+        assert run_cli(capsys, "calibrate", *common, "-o", tmp / f"{name}.scale", *extra)[0] == 0
+    assert (tmp / "d.scale").read_bytes() == (tmp / "p.scale").read_bytes()
+    assert (tmp / "td.scale").read_bytes() == (tmp / "tm.scale").read_bytes()
+    assert (tmp / "d.scale").read_bytes() != (tmp / "tm.scale").read_bytes()
+    assert run_cli(capsys, "convert", *common, "-o", tmp / "d.onnx")[0] == 0
+    assert run_cli(capsys, "convert", *common, "-o", tmp / "a.onnx", "-a", "percentile", "--adaround")[0] == 0
+    assert run_cli(capsys, "convert", *common, "-o", tmp / "n.onnx", "--no-adaround")[0] == 0
+    assert (tmp / "d.onnx").read_bytes() == (tmp / "a.onnx").read_bytes() != (tmp / "n.onnx").read_bytes()
+    code, out, _ = run_cli(capsys, "convert", "-m", model, "-f", tmp / "d.scale", "-o", tmp / "f.onnx")
+    assert code == 0 and "weights rounded to nearest: AdaRound (the default) needs the calibration images" in out
+    assert run_cli(capsys, "convert", "-m", model, "-f", tmp / "d.scale", "-o", tmp / "g.onnx", "--no-adaround")[0] == 0
+    assert (tmp / "f.onnx").read_bytes() == (tmp / "g.onnx").read_bytes()
 
 
 # ---- item 19: options that would be silently ignored or overlap ---------------------------------------------

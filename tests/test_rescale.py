@@ -177,7 +177,7 @@ def test_cli_rescale_records_its_scales_and_refuses_a_table(tmp_path):
 
     int8 = onnx.load(str(out))
     recipe = read_recipe(int8, out)
-    assert recipe["adjust"] == "rescale" and list(recipe["rescale"]) == ["p"]
+    assert recipe["adjust"] == "rescale,adaround" and list(recipe["rescale"]) == ["p"]  # AdaRound: the default with -i
     # (preparation folds the /6 into the depthwise conv, so the rescaled tensor is the Mul's output there)
     assert {"add", "mul", "P_rescale_inv"} <= set(recipe["exclude"])
     assert len([name for name in recipe["exclude"] if name.endswith("_rescale_mul")]) == 1

@@ -17,8 +17,9 @@ the previous cut and the next depth's inputs (Propagation), the fake-quant nodes
 far. Every node of both models therefore runs once per image: a chain of N layers costs about one forward
 pass of each model per image, not N/2 as when every depth is run from the graph inputs. Memory: the cut's
 tensors for all images (e.g. 2 x 4.8 MB per image at EfficientNet-Lite0's widest cut) and the Gram matrices
-of one depth. When the time limit is reached, all remaining layers share one last step (on the model
-adjusted so far) and keep round-to-nearest weights (bias correction still applies).
+of one depth; beyond MAX_CACHE_BYTES an evenly spread subset of the images is used. When the time limit is
+reached, all remaining layers share one last step (on the model adjusted so far) and keep round-to-nearest
+weights (bias correction still applies).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
+from ..errors import info
 from ..evaluate.isolated import FakeQuantGraph
 from ..rewrite.plan import table_qparam
-from ..prepare.graph import subgraphs
+from ..prepare.graph import is_static, subgraphs, tensor_shapes
 from ..qparams import QParam
 from ..runtime import session
 from .clip_search import absmax_scale, grid_round
 from .layers import Change, Layer, LayerStats, apply_changes
+
+MAX_CACHE_BYTES = 4 << 30  # both models' cut tensors for all images (AdaRound is on by default: bound it)
 
 
 def depth_levels(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
@@ -122,6 +126,12 @@ class Propagation:
         self.next = 0
         self.cache: list[dict[str, np.ndarray]] = []
 
+    def cut_bytes(self) -> int:
+        """Bytes per image of the widest cut (float32; tensors of unknown shape count 0)."""
+        shapes = tensor_shapes(self.model.graph)
+        return max((sum(4 * int(np.prod(shapes[n])) for n in reads if is_static(shapes.get(n)))
+                    for reads in self.reads), default=0)
+
     def start(self, images) -> None:
         """Cache the feeds of every image: (key, feeds) pairs, read once."""
         self.cache = [{name: np.asarray(v) for name, v in dict(feeds).items()} for _key, feeds in images]
@@ -163,6 +173,21 @@ class Propagation:
         return session(part, self.threads, self.what, config=self.config), inputs
 
 
+def _within_memory(samples, total: int, per_image: int):
+    """`samples` thinned to evenly spread images when caching all of them would exceed MAX_CACHE_BYTES (the
+    statistics then come from fewer images; a note says how many)."""
+    keep = total if per_image <= 0 else max(1, min(total, MAX_CACHE_BYTES // per_image))
+    if keep == total:
+        return samples, total
+    info(f"the sequential statistics cache {per_image / 2 ** 20:.0f} MB per image: they use {keep} of the "
+         f"{total} calibration images (evenly spread), to stay within {MAX_CACHE_BYTES / 2 ** 30:.0f} GB")
+    chosen = {int(i) for i in np.linspace(0, total - 1, keep).round()}
+
+    def thinned():
+        return (item for i, item in enumerate(samples() if callable(samples) else samples) if i in chosen)
+    return thinned, len(chosen)
+
+
 def adjust_sequential(model: onnx.ModelProto, quantized: set[str], layers: list[Layer],
                       table: Mapping[str, QParam], samples, total: int, threads: int, qmax: int, deadline: float,
                       choose: Callable[[Layer, LayerStats], Change | None]) -> list[Change]:
@@ -172,6 +197,7 @@ def adjust_sequential(model: onnx.ModelProto, quantized: set[str], layers: list[
     fq_model, fq_names = fake_quant_model(model, table, quantized)
     inputs = [sorted({layer.input for layer in level}) for level in levels]
     ref = Propagation(model, inputs, threads, "the model (sequential statistics)")
+    samples, total = _within_memory(samples, total, 2 * ref.cut_bytes())
     # QDQ handling off: the fake-quant model must run as float arithmetic, not be fused into int8 kernels
     fq = Propagation(fq_model, [[fq_names.get(n, n) for n in names] for names in inputs], threads,
                      "the fake-quant model (sequential statistics)", config={"session.disable_quant_qdq": "1"})
