@@ -249,11 +249,12 @@ def calibrate(model, output, bits, algorithm, target, scheme, percentile, compat
 
 # What only calibration reads: with a ready table (convert -f) these would be silently ignored, so they are
 # refused. --shape is only warned about: scripts pass it to every command, and it cannot change the result.
-CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "mean", "norm", "color",
-                    "resize", "pad_value", "focus", "max_images", "jobs", "bounded")
+PREPROCESSING = ("mean", "norm", "color", "resize", "pad_value", "focus", "max_images")
+CALIBRATION_ONLY = ("algorithm", "scheme", "percentile", "compat", "stats_path", "jobs", "bounded") + PREPROCESSING
 
 
-def _refuse_calibration_options(ctx) -> None:
+def _refuse_calibration_options(ctx, images_used: bool) -> None:
+    """`images_used`: -i is given for the weight methods (AdaRound...), which read the preprocessing options."""
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
 
@@ -261,7 +262,8 @@ def _refuse_calibration_options(ctx) -> None:
         from .errors import warn
 
         warn("--shape is not used with -f TABLE.scale: the int8 model keeps the model's own input dims")
-    passed = [param for param in ctx.command.params if param.name in CALIBRATION_ONLY and given(param.name)]
+    refused = [name for name in CALIBRATION_ONLY if not (images_used and name in PREPROCESSING)]
+    passed = [param for param in ctx.command.params if param.name in refused and given(param.name)]
     if passed:
         names = ", ".join(param.opts[-1] for param in passed)
         raise UsageError(f"{names}: only used to calibrate from images (-i); with -f TABLE.scale the table already "
@@ -325,7 +327,7 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
         raise UsageError("give either -f TABLE.scale or -i DIR, not both (-i with -f only for --bias-correct, "
                          "--weight-clip or --adaround)")
     if table is not None:
-        _refuse_calibration_options(click.get_current_context())
+        _refuse_calibration_options(click.get_current_context(), bool(inputs["images"]))
     if table is not None and (target_sqnr is not None or max_fp32_ops is not None):
         raise UsageError("--target-sqnr and --max-fp32-ops measure on images: calibrate with -i DIR instead of -f")
     from .commands import convert_model, table_target

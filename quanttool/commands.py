@@ -417,7 +417,10 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     from .rewrite import convert, hardware_params
 
     adjust = adjust or Adjust()
-    inputs = Inputs(model, **options)
+    if table is not None and options.get("images"):  # images for the weight methods: as the table saw them
+        inputs = _inputs_recorded(model, read_table(table).meta.get("preprocess"), str(table), options)
+    else:
+        inputs = Inputs(model, **options)
     _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
     static = None
     scales: dict = {}
@@ -568,19 +571,23 @@ def _inputs_with_recipe(model: Path, int8, quantized: Path | None, options: dict
     used, with a warning."""
     recipe = _recipe_json(int8) if int8 is not None else None  # damaged or absent: read_recipe names it later
     recorded = recipe.get("preprocess") if recipe is not None else None
-    recorded = recorded if isinstance(recorded, str) else None
+    return _inputs_recorded(model, recorded if isinstance(recorded, str) else None, f"{quantized}'s recipe",
+                            options)
+
+
+def _inputs_recorded(model: Path, recorded: str | None, where: str, options: dict) -> Inputs:
+    """Inputs for MODEL with the `recorded` preprocessing (a table's or recipe's) unless options give one."""
     given = any(options[key] for key in ("mean", "norm", "color", "resize", "pad_value", "focus"))
     source = model
     if recorded and not given:
         source = prep.read(model)  # read once: the recipe's per-input options need its input names
         names = [spec.name for spec in prep.shapes.model_inputs(source.model.graph)]
         options = {**options, **recipe_preprocessing(recorded, names)}
-        info(f"preprocessing from {quantized}'s recipe: {_without_shape(recorded)}")
+        info(f"preprocessing from {where}: {_without_shape(recorded)}")
     inputs = Inputs(source, **options)
     if recorded and given and _without_shape(describe(inputs.pp)) != _without_shape(recorded):
-        warn(f"the preprocessing given ({_without_shape(describe(inputs.pp))}) differs from the one {quantized} "
-             f"was calibrated with ({_without_shape(recorded)}); drop the preprocessing options to use the recorded "
-             f"one")
+        warn(f"the preprocessing given ({_without_shape(describe(inputs.pp))}) differs from the one recorded in "
+             f"{where} at calibration ({_without_shape(recorded)}); drop the preprocessing options to use it")
     return inputs
 
 

@@ -458,6 +458,20 @@ def test_defaults_are_percentile_and_adaround_when_there_are_images(conv_workspa
     assert (tmp / "f.onnx").read_bytes() == (tmp / "g.onnx").read_bytes()
 
 
+def test_adaround_from_a_table_reads_the_images_as_the_table_recorded(conv_workspace, capsys):
+    """convert -f TABLE -i DIR (AdaRound on those images): without preprocessing options the table's recorded
+    preprocessing is used (the same model as giving it), a different one given is used with a warning."""
+    tmp, model, images = conv_workspace
+    assert run_cli(capsys, "calibrate", "-m", model, "-i", images, "--norm", "0.0123", "-o", tmp / "t.scale")[0] == 0
+    base = ["convert", "-m", model, "-f", tmp / "t.scale", "-i", images]
+    code, _, err = run_cli(capsys, *base, "-o", tmp / "r.onnx")
+    assert code == 0 and "preprocessing from" in err and "norm=0.0123" in err
+    assert run_cli(capsys, *base, "-o", tmp / "g.onnx", "--norm", "0.0123")[0] == 0
+    code, _, err = run_cli(capsys, *base, "-o", tmp / "w.onnx", "--norm", "1")
+    assert code == 0 and "differs from the one recorded" in err
+    assert (tmp / "r.onnx").read_bytes() == (tmp / "g.onnx").read_bytes() != (tmp / "w.onnx").read_bytes()
+
+
 # ---- item 19: options that would be silently ignored or overlap ---------------------------------------------
 @pytest.mark.parametrize("options, named", [
     (["-a", "kl"], "--algorithm"),
