@@ -9,8 +9,8 @@ mkdir -p out
 PRE=(--color gray --norm 0.00392156862745098)   # the demo's input is pixel / 255, one channel
 set -x
 .venv/bin/quanttool calibrate -m demo/digits_mobilenet.onnx -i calibration_data "${PRE[@]}" \
-    -a minmax -o out/digits.scale --stats out/digits.stats.npz
-.venv/bin/quanttool convert -m demo/digits_mobilenet.onnx -f out/digits.scale -o out/digits_int8.onnx \
-    --params out/digits_params.json
+    -o out/digits.scale --stats out/digits.stats.npz
+.venv/bin/quanttool convert -m demo/digits_mobilenet.onnx -f out/digits.scale -i calibration_data \
+    -o out/digits_int8.onnx --params out/digits_params.json
 .venv/bin/quanttool evaluate -m demo/digits_mobilenet.onnx -q out/digits_int8.onnx -i demo/heldout "${PRE[@]}" \
     --labels demo/heldout_labels.txt --max-images 497 --json out/digits_eval.json --report out/digits_eval.html
