@@ -16,7 +16,7 @@ from . import __version__
 from .errors import QuantError, UsageError, interrupted, one_line
 from .targets import TARGETS
 
-# percentile: on every trained model of the benchmark as good as minmax or better (README "Defaults")
+# percentile (with AdaRound): the defaults that measured best over the trained models (README "Defaults")
 DEFAULT_ALGORITHM = "percentile"
 # quanttool.algorithms' names, then Tengine's numbers 0/1/2: spelled out here because importing the algorithms
 # pulls in numpy, and `quanttool --help` should not wait for it (tests/test_cli.py checks the two agree)
@@ -316,7 +316,8 @@ def convert(model, output, table, fmt, exclude, reduce_range, int8_outputs, para
     note = ""
     if adaround is None:  # the default: AdaRound when there are images to run it on
         adaround = bool(inputs["images"])
-        note = "" if adaround else "\nweights rounded to nearest: AdaRound (the default) needs the calibration images, -i DIR"
+        if not adaround:
+            note = "\nweights rounded to nearest: AdaRound (the default) needs the calibration images, -i DIR"
     adjust = Adjust(equalize, bias_correct, weight_clip, adaround, adjust_time, one_pass, rescale)
     if one_pass and not (adaround or weight_clip):
         raise UsageError("--one-pass changes how --adaround and --weight-clip measure a layer's error: "

@@ -413,7 +413,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
                   int8_outputs: bool = False, stats_path=None, jobs: int = 1, adjust=None, check_images: int = 0,
                   check_floor: float = 20.0, target_sqnr: float | None = None, max_fp32_ops: int | None = None,
                   **options) -> str:
-    from .adjust import Adjust
+    from .adjust import Adjust, apply_changes
     from .rewrite import convert, hardware_params
 
     adjust = adjust or Adjust()
@@ -443,7 +443,6 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     if target_sqnr is not None or max_fp32_ops is not None:
         if static is None:
             raise UsageError("--target-sqnr and --max-fp32-ops measure on images: calibrate with -i DIR instead of -f")
-        from .adjust import apply_changes
         from .fallback import choose
 
         # the fake-quant copies take the weights convert writes; the float configuration keeps the fp32 ones
@@ -453,8 +452,6 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
                           int8_weights=apply_changes(static, changes) if changes else None)
         exclude = tuple(exclude) + tuple(layer.name for layer in fallback.kept)
     if changes:  # a layer the fallback keeps float keeps its fp32 weights, as the search simulated it
-        from .adjust import apply_changes
-
         dynamic = apply_changes(dynamic, [c for c in changes if c.layer.node not in exclude])
     result = convert(dynamic, loaded, fmt=fmt, exclude=exclude, weight_bits=weight_bits, int8_outputs=int8_outputs,
                      target=TARGETS[settings.target])
