@@ -425,8 +425,9 @@ def quark_convert(python: str, model, model_path: Path, out: Path, calib_feeds: 
         folder.mkdir()
         for i, f in enumerate(calib_feeds):
             np.save(folder / f"{i:04d}.npy", f[model.input])
-    done = subprocess.run([python, "-c", QUARK, str(opset13(model_path, out)), str(out), str(folder), model.input, mode],
-                          capture_output=True, text=True)
+    # cwd: Quark writes quantized_info.csv into the working directory
+    done = subprocess.run([python, "-c", QUARK, str(opset13(model_path, out).resolve()), str(out.resolve()),
+                           str(folder.resolve()), model.input, mode], capture_output=True, text=True, cwd=out.parent)
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
 
