@@ -360,6 +360,30 @@ def test_adaround_time_limit_zero_keeps_round_to_nearest():
     assert not np.array_equal(_int8_weight(ada)[0], _int8_weight(rtn)[0])
 
 
+def test_adaround_keeps_round_to_nearest_where_there_are_fewer_samples_than_inputs():
+    """A Gemm with 16 inputs: with 8 calibration samples AdaRound could fit any 8 rows of inputs exactly and
+    says nothing about others (a classifier head after pooling sees one sample per image), so the weights stay
+    round-to-nearest; with 64 samples it rounds some weights the other way."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(6, 16)).astype(np.float32)
+    model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="g", transB=1)],
+                       [tensor_info("x", [1, 16])], [tensor_info("y", [1, 6])],
+                       [init("w", w), init("b", rng.normal(size=6).astype(np.float32))])
+
+    def levels(n):
+        feeds = [{"x": rng.normal(size=(1, 16)).astype(np.float32)} for _ in range(n)]
+        rtn, table = _pipeline(model, feeds, Adjust())
+        ada, _ = _pipeline(model, feeds, Adjust(adaround=True), table)
+        inits = [{t.name: numpy_helper.to_array(t) for t in m.graph.initializer} for m in (rtn, ada)]
+        return [i["w_quantized"] for i in inits]
+
+    few_rtn, few_ada = levels(8)
+    assert np.array_equal(few_rtn, few_ada)
+    many_rtn, many_ada = levels(64)
+    assert not np.array_equal(many_rtn, many_ada)
+    assert np.abs(many_rtn.astype(int) - many_ada.astype(int)).max() == 1  # still within one step
+
+
 def _two_gemms(rng):
     """x [16, 8] -> Gemm (8 -> 8) -> h -> Gemm (8 -> 4) -> y; each first-layer row has one outlier weight, so
     round-to-nearest on its coarse grid leaves layer 1 a large output error for layer 2 to compensate."""

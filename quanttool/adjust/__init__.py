@@ -74,7 +74,7 @@ def adjust_weights(model: onnx.ModelProto, table: Mapping[str, QParam], samples,
               if t.name in {layer.weight for layer in layers} | {layer.bias for layer in layers}}
     qmax = weight_qmax(bits)
     deadline = time.monotonic() + options.time_limit
-    counts = {"no_gram": 0, "late": 0}
+    counts = {"no_gram": 0, "late": 0, "few": 0}
     if want_gram and not options.one_pass:
         from .sequential import adjust_sequential
 
@@ -90,6 +90,9 @@ def adjust_weights(model: onnx.ModelProto, table: Mapping[str, QParam], samples,
     if counts["no_gram"]:
         info(f"{counts['no_gram']} layer(s) have inputs too wide for the Gram matrices (K > "
              f"{int(np.sqrt(MAX_GRAM_BYTES / 16))}): they keep round-to-nearest weights")
+    if counts["few"]:
+        info(f"{counts['few']} layer(s) saw fewer calibration samples than they have inputs (e.g. a classifier "
+             f"head: one per image): they keep round-to-nearest weights")
     if counts["late"]:
         info(f"the rounding search ran out of its time limit: {counts['late']} layer(s) kept round-to-nearest")
     return changes
@@ -107,7 +110,12 @@ def _adjust_layer(layer: Layer, st: LayerStats, arrays: dict, options: Adjust, q
     elif options.weight_clip or options.adaround:
         if options.weight_clip:
             scale = search_clip(w, st.gram, st.cross, qmax)
-        if options.adaround and time.monotonic() < deadline:
+        if options.adaround and st.count < st.gram.shape[-1]:
+            # fewer samples (patches) than the layer has inputs: the rounding would fit the calibration images
+            # and not the others (a classifier head after pooling: one sample per image)
+            counts["few"] += 1
+            q = grid_round(w, scale, qmax)
+        elif options.adaround and time.monotonic() < deadline:
             q, _ = adaround(w, scale, st.gram, st.cross, qmax, deadline=deadline)
         else:
             counts["late"] += options.adaround
