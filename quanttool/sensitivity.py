@@ -19,7 +19,6 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from .errors import QuantError
-from .evaluate.metrics import sumsq
 from .evaluate.report import OutputReport, finite
 from .evaluate.report_text import fmt_db
 from .evaluate.run import _Output, _float_session, _run
@@ -62,7 +61,7 @@ def measure(sim: Simulator, configs: Sequence[Iterable[int]], samples: Iterable[
                     if reference[name].dtype.kind == "f":
                         folds[k][name].fold(reference[name], values[config_outputs[name]])
                 if k == 0 and per_image is not None:
-                    per_image.append({name: (sumsq(reference[name]), sumsq(reference[name] - values[outputs[0][name]]))
+                    per_image.append({name: (folds[0][name].image_signal[-1], folds[0][name].image_noise[-1])
                                       for name in out_names if reference[name].dtype.kind == "f"})
                 k += 1
         images += 1

@@ -195,15 +195,17 @@ class _Output:
         self.is_class = True
         self.mismatched = 0  # images where the shapes differ (data-dependent outputs, e.g. after NMS)
         self.channels = ChannelSums()
-        self.image_noise: list[float] = []  # sum of squared errors per image
+        self.image_signal: list[float] = []  # per image: sum ref^2
+        self.image_noise: list[float] = []  # per image: sum of squared errors
 
     def fold(self, ref: np.ndarray, q: np.ndarray) -> None:
         if ref.shape != q.shape:
             self.mismatched += 1
             return
-        self.sim.update(ref, q, track_max=True)
+        before = self.sim.err2  # the image's error: what the running sums just added, not computed again
+        self.image_signal.append(self.sim.update(ref, q, track_max=True))
+        self.image_noise.append(self.sim.err2 - before)
         self.channels.update(ref, q)
-        self.image_noise.append(float(np.square(ref.astype(np.float64) - q).sum()))
         self.is_class = self.is_class and is_class_vector(ref)
         if self.is_class:
             self.rows += ref.shape[0]
