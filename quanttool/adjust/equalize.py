@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..prepare.graph import readers as graph_readers
 from ..rewrite.fuse import clip_bounds
 from ..rewrite.plan import constant_values
 
@@ -38,16 +39,6 @@ def _conv_weight(node: onnx.NodeProto, inits: dict) -> str | None:
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return None
     return node.input[1] if inits[node.input[1]].ndim == 4 else None
-
-
-def readers_of(graph: onnx.GraphProto) -> dict[str, list[int]]:
-    """Tensor name -> indices of the nodes that read it."""
-    readers: dict[str, list[int]] = {}
-    for k, node in enumerate(graph.node):
-        for name in node.input:
-            if name:
-                readers.setdefault(name, []).append(k)
-    return readers
 
 
 @dataclass
@@ -62,7 +53,7 @@ class GraphIndex:
 
 
 def index_graph(graph: onnx.GraphProto) -> GraphIndex:
-    readers = readers_of(graph)
+    readers = graph_readers(graph)
     return GraphIndex(graph, {t.name: numpy_helper.to_array(t) for t in graph.initializer}, constant_values(graph),
                       {o.name for o in graph.output}, readers, {name: len(ks) for name, ks in readers.items()})
 
