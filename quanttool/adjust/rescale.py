@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..prepare.graph import all_names, unique_name
 from .equalize import _conv_weight, _from_in_channel_view, _group, _in_channel_view, index_graph, scalable_convs
 
 # elementwise ops a region may hold: each output value depends on the same position of its inputs only
@@ -132,13 +133,6 @@ def choose_scales(ranges: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return scales
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    while name in taken:
-        name += "_"
-    taken.add(name)
-    return name
-
-
 def rescale(model: onnx.ModelProto, scales: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy with every site in `scales` (keyed by x) rescaled, and the names of the nodes that must stay
     float (the regions and the inserted Muls). Sites are found again here, so the static and dynamic
@@ -148,8 +142,7 @@ def rescale(model: onnx.ModelProto, scales: Mapping[str, np.ndarray]) -> tuple[o
     graph = out.graph
     sites = [s for s in find_sites(out) if s.x in scales]
     index = {t.name: k for k, t in enumerate(graph.initializer)}
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | {
-        n.name for n in graph.node} | {i.name for i in graph.input}
+    taken = all_names(graph) | {n.name for n in graph.node}  # the inserted Muls' names too
 
     def update(name: str, array: np.ndarray) -> None:
         graph.initializer[index[name]].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
@@ -170,13 +163,13 @@ def rescale(model: onnx.ModelProto, scales: Mapping[str, np.ndarray]) -> tuple[o
             update(d.input[1], _from_in_channel_view(view / s[:, None, None], wd.shape, _group(d)))
         if not site.region:
             continue  # P's output is D's input: nothing runs in float
-        x_new, y_new = _unique(f"{site.x}_rescaled", taken), _unique(f"{site.y}_rescaled", taken)
-        inv, fwd = _unique(f"{site.x}_rescale_inv", taken), _unique(f"{site.y}_rescale", taken)
+        x_new, y_new = unique_name(f"{site.x}_rescaled", taken), unique_name(f"{site.y}_rescaled", taken)
+        inv, fwd = unique_name(f"{site.x}_rescale_inv", taken), unique_name(f"{site.y}_rescale", taken)
         graph.initializer.extend([numpy_helper.from_array((1 / s).astype(np.float32).reshape(-1, 1, 1), inv),
                                   numpy_helper.from_array(s.astype(np.float32).reshape(-1, 1, 1), fwd)])
         p.output[0] = x_new
-        back = helper.make_node("Mul", [x_new, inv], [site.x], name=_unique(f"{p.name}_rescale_inv", taken))
-        ahead = helper.make_node("Mul", [site.y, fwd], [y_new], name=_unique(f"{site.y}_rescale_mul", taken))
+        back = helper.make_node("Mul", [x_new, inv], [site.x], name=unique_name(f"{p.name}_rescale_inv", taken))
+        ahead = helper.make_node("Mul", [site.y, fwd], [y_new], name=unique_name(f"{site.y}_rescale_mul", taken))
         before.setdefault(site.region[0], []).append(back)
         before.setdefault(min(site.consumers), []).append(ahead)
         for j in site.consumers:
