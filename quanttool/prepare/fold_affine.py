@@ -27,17 +27,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .fold_bn import _Ctx, _fuse
-from .graph import (DEFAULT_DOMAINS, all_names, graph_output_names, initializers, producers, readers, replace_nodes,
-                    tensor_shapes, unique_name)
+from .graph import (DEFAULT_DOMAINS, all_names, attribute, graph_output_names, initializers, producers, readers,
+                    replace_nodes, tensor_shapes, unique_name)
 
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _affine(node: onnx.NodeProto, ctx: _Ctx) -> tuple[str, np.ndarray, np.ndarray] | None:
@@ -83,10 +76,10 @@ def _out_channels(node: onnx.NodeProto, weight: np.ndarray) -> tuple[int, int] |
     if node.op_type == "Conv":
         return weight.ndim, weight.shape[0]
     if node.op_type == "ConvTranspose":
-        return weight.ndim, weight.shape[1] * int(_attr(node, "group", 1))
+        return weight.ndim, weight.shape[1] * int(attribute(node, "group", 1))
     if weight.ndim != 2:
         return None
-    return 2, weight.shape[0] if _attr(node, "transB", 0) else weight.shape[1]
+    return 2, weight.shape[0] if attribute(node, "transB", 0) else weight.shape[1]
 
 
 def _into_producer(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list]) -> None:
@@ -128,14 +121,14 @@ def _conv_reader(graph: onnx.GraphProto, ctx: _Ctx, name: str) -> tuple[int, np.
 
 
 def _unpadded(conv: onnx.NodeProto) -> bool:
-    auto = _attr(conv, "auto_pad", b"NOTSET")
+    auto = attribute(conv, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
-    return auto == "VALID" or (auto == "NOTSET" and not any(_attr(conv, "pads", [])))
+    return auto == "VALID" or (auto == "NOTSET" and not any(attribute(conv, "pads", [])))
 
 
 def _input_index(conv: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
     """[out, in/group] -> the input channel each weight column reads."""
-    group = int(_attr(conv, "group", 1))
+    group = int(attribute(conv, "group", 1))
     out, per_group = weight.shape[0], weight.shape[1]
     return (np.arange(out) // (out // group))[:, None] * per_group + np.arange(per_group)[None, :]
 
@@ -151,7 +144,7 @@ def _into_consumer(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list], of
             continue
         c, weight = found
         conv = graph.node[c]
-        group = int(_attr(conv, "group", 1))
+        group = int(attribute(conv, "group", 1))
         channels = weight.shape[1] * group
         fv, sv = _per_channel(f, weight.ndim, channels), _per_channel(s, weight.ndim, channels)
         if fv is None or sv is None or weight.shape[0] % group:

@@ -9,19 +9,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import DEFAULT_DOMAINS, graph_output_names, initializers, readers, replace_nodes
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+from .graph import DEFAULT_DOMAINS, attribute, graph_output_names, initializers, readers, replace_nodes
 
 
 def _spatial_pads(pad: onnx.NodeProto, inits: dict) -> list[int] | None:
     """[begin..., end...] over the spatial dims when the Pad adds zeros on those dims only, else None."""
-    if _attr(pad, "mode", b"constant") not in (b"constant", "constant"):
+    if attribute(pad, "mode", b"constant") not in (b"constant", "constant"):
         return None
     if len(pad.input) > 3 and pad.input[3]:
         return None  # opset 18 axes: rare, not worth the bookkeeping
@@ -35,7 +28,7 @@ def _spatial_pads(pad: onnx.NodeProto, inits: dict) -> list[int] | None:
             return None
         pads = [int(v) for v in numpy_helper.to_array(pads).reshape(-1)]
     else:
-        pads = list(_attr(pad, "pads", []))
+        pads = list(attribute(pad, "pads", []))
     rank = len(pads) // 2
     if rank < 3 or any(v < 0 for v in pads) or any(pads[k] or pads[rank + k] for k in (0, 1)):
         return None  # negative pads crop; batch or channel padding is not a Conv pad
@@ -54,14 +47,14 @@ def fold_pad_into_conv(graph: onnx.GraphProto) -> int:
         if len(users) != 1:
             continue
         conv = graph.node[users[0]]
-        if conv.op_type != "Conv" or conv.input[0] != pad.output[0] or _attr(conv, "auto_pad", b"NOTSET") not in (
+        if conv.op_type != "Conv" or conv.input[0] != pad.output[0] or attribute(conv, "auto_pad", b"NOTSET") not in (
                 b"NOTSET", "NOTSET"):
             continue
         spatial = _spatial_pads(pad, inits)
         if spatial is None:
             continue
         n = len(spatial) // 2
-        own = list(_attr(conv, "pads", [0] * (2 * n)))
+        own = list(attribute(conv, "pads", [0] * (2 * n)))
         if len(own) != 2 * n:
             continue
         merged = [a + b for a, b in zip(own, spatial)]

@@ -7,6 +7,7 @@ import heapq
 from collections import defaultdict
 
 import onnx
+from onnx import helper
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -52,6 +53,14 @@ def readers(graph: onnx.GraphProto) -> dict[str, list[int]]:
 
 def producers(graph: onnx.GraphProto) -> dict[str, int]:
     return {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node attribute, or `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
