@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .fold_bn import _Ctx, _fuse
 from .graph import (DEFAULT_DOMAINS, all_names, attribute, graph_output_names, initializers, producers, readers,
@@ -166,10 +166,7 @@ def _into_consumer(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list], of
 
 
 def _constant(ctx: _Ctx, value: np.ndarray, base: str) -> str:
-    name = unique_name(base, ctx.taken)
-    ctx.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
-    ctx.inits[name] = ctx.graph.initializer[-1]
-    return name
+    return ctx.add_initializer(value.astype(np.float32), base)
 
 
 def _pairs(graph: onnx.GraphProto, ctx: _Ctx, edits: dict[int, list], shapes: dict) -> None:

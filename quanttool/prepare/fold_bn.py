@@ -30,16 +30,20 @@ class _Ctx:
         tensor = self.inits.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)
 
+    def add_initializer(self, value: np.ndarray, base: str) -> str:
+        """A new initializer holding `value`, under a fresh name made from `base`; its name."""
+        name = unique_name(base, self.taken)
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        self.inits[name] = self.graph.initializer[-1]
+        return name
+
     def set_input(self, node: onnx.NodeProto, node_index: int, slot: int, value: np.ndarray, base: str) -> None:
         """Give `node` input `slot` the value: in place when only this node reads the initializer, else a new one."""
         current = node.input[slot] if slot < len(node.input) else ""
         if current and current in self.inits and self.only_reader(current, node_index):
             self.inits[current].CopyFrom(numpy_helper.from_array(value, current))
             return
-        name = unique_name(base, self.taken)
-        tensor = numpy_helper.from_array(value, name)
-        self.graph.initializer.append(tensor)
-        self.inits[name] = self.graph.initializer[-1]
+        name = self.add_initializer(value, base)
         while len(node.input) <= slot:
             node.input.append("")
         node.input[slot] = name
