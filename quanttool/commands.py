@@ -291,9 +291,10 @@ def merge_stats_files(parts: Sequence[Path], output: Path) -> str:
     return f"wrote {output}: {total} shards, {meta['images']} images, {len(stats)} tensors"
 
 
-def _load_table(path: Path, model_sha: str, equalized: bool = False) -> Table:
-    """The table file, its values checked; its names are checked against the model by the converter."""
-    table = read_table(path)
+def _load_table(path: Path, model_sha: str, equalized: bool = False, read: Table | None = None) -> Table:
+    """The table file (`read`: already read from `path`), its values checked; its names are checked against the
+    model by the converter."""
+    table = read if read is not None else read_table(path)
     if table.meta.get("bits", "8") != "8":
         warn(f"{path} was fitted for {table.meta['bits']}-bit activations; the int8 model stores them in 8 bits "
              f"with these scales, so it does not clip to {table.meta['bits']} bits")
@@ -417,8 +418,10 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
     from .rewrite import convert, hardware_params
 
     adjust = adjust or Adjust()
-    if table is not None and options.get("images"):  # images for the weight methods: as the table saw them
-        inputs = _inputs_recorded(model, read_table(table).meta.get("preprocess"), str(table), options)
+    # images for the weight methods with a table: read as the table saw them (its recorded preprocessing)
+    read = read_table(table) if table is not None and options.get("images") else None
+    if read is not None:
+        inputs = _inputs_recorded(model, read.meta.get("preprocess"), str(table), options)
     else:
         inputs = Inputs(model, **options)
     _check_outputs(inputs, [table], output=output, params=params_path, stats=stats_path)
@@ -428,7 +431,7 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
         if adjust.rescale:
             raise UsageError("--rescale measures channel ranges on the calibration images: use -i DIR, not -f")
         dynamic = _equalized(inputs.dynamic(), adjust.equalize)
-        loaded = _load_table(table, inputs.sha, adjust.equalize)
+        loaded = _load_table(table, inputs.sha, adjust.equalize, read)
     else:  # static first: its verification on the first image then covers the dynamic copy when they agree
         static = _equalized(inputs.static(), adjust.equalize)
         if adjust.rescale:
@@ -617,9 +620,10 @@ def evaluate_model(model: Path, quantized: Path | None, table: Path | None, *, f
             for op in result.quantized:
                 op.stored = stored.get(op.node, {})
     else:
-        equalized = read_table(table).meta.get("model_sha256", "").endswith(EQUALIZED)  # calibrate --equalize
+        read = read_table(table)
+        equalized = read.meta.get("model_sha256", "").endswith(EQUALIZED)  # calibrate --equalize
         static = _equalized(static, equalized)
-        loaded = _load_table(table, inputs.sha, equalized)
+        loaded = _load_table(table, inputs.sha, equalized, read)
         params = loaded.params
         target = TARGETS[table_target(table) if fmt == "qdq" else "onnxruntime"]
         result = convert(static, loaded, fmt=fmt, int8_outputs=False, target=target)  # as convert's default
