@@ -800,6 +800,29 @@ def test_a_zero_sized_dim_is_not_called_dynamic(tmp_path, capsys):
     assert code == 1 and "declares dim 2 as 0" in line and "dynamic" not in line
 
 
+def test_convert_says_which_size_the_scales_of_a_dynamic_input_saw(tmp_path, capsys):
+    from quanttool.prepare.shapes import calibrated_at, input_specs
+
+    w = np.random.default_rng(3).normal(size=(2, 3, 1, 1)).astype(np.float32)
+    for dims, shape, expected in (([1, 3, "H", "W"], "3,4,6", {"x": (3, 4, 6)}),
+                                  (["N", 3, 4, 6], "3,4,6", {}),  # a dynamic batch alone: nothing to say
+                                  ([1, 3, 4, 6], None, {})):
+        model = make_model([helper.make_node("Conv", ["x", "w"], ["y"])], [tensor_info("x", dims)],
+                           [tensor_info("y", [dims[0], 2, dims[2], dims[3]])], [init("w", w)])
+        specs = input_specs(model, {None: (3, 4, 6)} if shape else None)
+        assert calibrated_at(model, specs) == expected
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        path = _save(model, folder / "m.onnx")
+        images = _npy_images(folder / "npy", (1, 3, 4, 6))
+        code, out, _ = run_cli(capsys, "convert", "-m", path, "-i", images, "-o", folder / "q.onnx",
+                               *(("-g", shape) if shape else ()))
+        note = [line for line in out.splitlines() if line.startswith("note: input")]
+        assert code == 0 and len(note) == len(expected)
+        if expected:
+            assert "'x' keeps its dynamic dims" in note[0] and "fit on 3,4,6 inputs only" in note[0]
+
+
 def test_out_of_memory_messages(conv_workspace, capsys, monkeypatch):
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 

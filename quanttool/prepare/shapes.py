@@ -73,6 +73,19 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...]
     return specs
 
 
+
+def calibrated_at(model: onnx.ModelProto, specs: list) -> dict[str, tuple[int, ...]]:
+    """Input name -> the sizes calibration fixed for the dims (after the batch) the model declares dynamic;
+    the int8 model keeps them dynamic, but its scales only saw these sizes."""
+    declared = {info.name: _dims(info) for info in model_inputs(model.graph)}
+    result = {}
+    for spec in specs:
+        dims = declared.get(spec.name)
+        if dims is not None and any(not isinstance(d, int) for d in dims[1:]):
+            result[spec.name] = tuple(spec.shape[1:])
+    return result
+
+
 def _apply(name: str, dims: list[int | str], given: tuple[int, ...]) -> None:
     """Write --shape dims over the trailing dims (all but batch, or all of them); refuse contradictions."""
     if len(given) == len(dims) - 1:
