@@ -568,7 +568,7 @@ def trained(args) -> None:
             pages = files(Path(args.trained) / "ppocr_det" / "calib")[:n_calib]
             PPEndToEnd(None, None).rec_inputs(tuple(session(Path(args.trained) / n / "model.onnx") for n in
                                                     ("ppocr_det", "ppocr_cls", "ppocr_rec")),
-                                              pages, calib, REC_WIDTH, 4 * n_calib)
+                                              pages, calib, REC_WIDTH, n_calib)
         else:
             for p in files(folder / "calib")[:n_calib]:
                 shutil.copy(p, calib / p.name)
@@ -661,7 +661,7 @@ def main() -> None:
     parser.add_argument("--rec-calib", choices=("lines", "pipeline"), default="lines",
                         help="ppocr_rec's calibration data: its own 320x48 line images, or (pipeline) the lines "
                              "RapidOCR's fp32 det + cls cut from the detector's calibration pages, at native "
-                             f"aspect padded to {REC_WIDTH} wide (4 per page)")
+                             f"aspect padded to {REC_WIDTH} wide (as many lines as --calib, spread over --calib pages)")
     parser.add_argument("--quark-python", default=None,
                         help="interpreter with amd-quark installed (it needs onnx <= 1.22); adds 'quark' runs")
     args = parser.parse_args()
