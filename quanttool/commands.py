@@ -498,8 +498,8 @@ def convert_model(model: Path, output: Path, table: Path | None, settings: Setti
 
 def _sizes_note(inputs: Inputs) -> str:
     """A line per input whose dynamic dims were fixed by --shape: int8 keeps them dynamic, but the scales were fit
-    at one size. (A PP-OCR recogniser calibrated on 48x320 lines scored about 3 dB lower on the up to 48x800 lines
-    its detector cuts than one calibrated on those.)"""
+    at one size. (A PP-OCR recogniser calibrated on 48x320 lines scored 2.4 dB lower on the up to 48x800 lines its
+    detector cuts than one calibrated on as many of those.)"""
     return "".join(f"\nnote: input {name!r} keeps its dynamic dims in the int8 model, but its scales were fit on "
                    f"{','.join(map(str, dims))} inputs only: if it will see other sizes, calibrate on inputs of those "
                    f"sizes (e.g. .npy tensors padded as the application pads them)"
