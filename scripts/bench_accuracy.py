@@ -600,24 +600,35 @@ def trained(args) -> None:
             print(f"  {name:12s} {label:34s} {task.unit} {rows[-1][2]:6.1f} of {total}  "
                   f"SQNR {' '.join(f'{v:.1f}' for v in sqnr)}  {seconds:.1f} s", flush=True)
     if all(n in names for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")):
-        pages = files(Path(args.trained) / "ppocr_det" / "heldout")[:n_held]
-        e2e = PPEndToEnd(None, None)
-        fp32s = tuple(session(Path(args.trained) / n / "model.onnx") for n in ("ppocr_det", "ppocr_cls", "ppocr_rec"))
-        ref = e2e.results(fp32s, pages)
-        total = sum(map(len, ref))
-        shifted = e2e.shifted(fp32s, pages)
-        stable = e2e.stable(ref, shifted)
-        n_stable = sum(map(len, stable))
-        for k, got in enumerate(shifted):
-            metric, note = e2e.scores(ref, stable, got)
-            rows.append(("ppocr e2e", f"fp32, page moved {e2e.SHIFTS[k]} px", metric, total, [], None, None,
-                         f"{note.split('; ')[1]}; {n_stable} lines read the same on all {len(e2e.SHIFTS)} moved pages"))
-        for label, _ in variants(args):
-            paths = [int8_paths.get((n, label)) for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")]
-            if None in paths:
-                continue
-            metric, note = e2e.scores(ref, stable, e2e.results(tuple(session(p) for p in paths), pages))
-            rows.append(("ppocr e2e", label, metric, total, [], None, None, "det+cls+rec int8 in RapidOCR; " + note))
+        for held_folder, name in (("heldout", "ppocr e2e"), ("heldout_zh", "ppocr e2e zh")):
+            if (Path(args.trained) / "ppocr_det" / held_folder).is_dir():
+                rows += end_to_end(args, files(Path(args.trained) / "ppocr_det" / held_folder)[:n_held], name,
+                                   int8_paths)
+    table(rows)
+
+
+def end_to_end(args, pages: list[Path], name: str, int8_paths: dict) -> list[tuple]:
+    """Rows for RapidOCR end to end on `pages`: fp32 on the pages moved by a pixel, then each variant's int8
+    det + cls + rec."""
+    e2e = PPEndToEnd(None, None)
+    fp32s = tuple(session(Path(args.trained) / n / "model.onnx") for n in ("ppocr_det", "ppocr_cls", "ppocr_rec"))
+    ref = e2e.results(fp32s, pages)
+    total = sum(map(len, ref))
+    shifted = e2e.shifted(fp32s, pages)
+    stable = e2e.stable(ref, shifted)
+    n_stable = sum(map(len, stable))
+    rows = []
+    for k, got in enumerate(shifted):
+        metric, note = e2e.scores(ref, stable, got)
+        rows.append((name, f"fp32, page moved {e2e.SHIFTS[k]} px", metric, total, [], None, None,
+                     f"{note.split('; ')[1]}; {n_stable} lines read the same on all {len(e2e.SHIFTS)} moved pages"))
+    for label, _ in variants(args):
+        paths = [int8_paths.get((n, label)) for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")]
+        if None in paths:
+            continue
+        metric, note = e2e.scores(ref, stable, e2e.results(tuple(session(p) for p in paths), pages))
+        rows.append((name, label, metric, total, [], None, None, "det+cls+rec int8 in RapidOCR; " + note))
+    return rows
     table(rows)
 
 

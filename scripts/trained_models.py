@@ -12,7 +12,9 @@ model at exactly its input size, so quanttool's `--resize stretch` is the identi
 options reproduce the package's own preprocessing. It writes OUT/README.md describing every model.
 
 Natural images come from scikit-image's bundled sample pictures (random crops, flips, brightness);
-text, captcha and document images are rendered with Pillow (DejaVu fonts when installed).
+text, captcha and document images are rendered with Pillow (DejaVu fonts when installed); the PP-OCR
+detector also gets Chinese held-out pages (ppocr_det/heldout_zh) when a CJK font is installed (Debian:
+`apt install fonts-wqy-microhei`).
 Model files stay out of git: OUT defaults to /work/trained.
 """
 
@@ -284,6 +286,43 @@ def gen_ocrpage(rng, pictures, faces, w, h):
     return im
 
 
+ZH_WORDS = ("发票 总计 金额 日期 编号 页面 章节 表格 图片 结果 方法 数据 模型 图像 价格 订单 账户 报告 摘要 数量 付款 地址 电话 "
+            "邮件 客户 产品 服务 配送 运输 税费 折扣 余额 北方 南方 河流 城市 车站 市场 花园 窗户 纸张 信件 音乐 清水 灯光 "
+            "绿色 黑色 黄色 橙色 银色 学校 医院 公司 银行 天气 时间 工作 学习 中国 北京 上海").split()
+
+
+def cjk_font() -> Path | None:
+    """A font with Chinese glyphs (Debian: fonts-wqy-microhei or fonts-noto-cjk), or None."""
+    root = Path("/usr/share/fonts")
+    if not root.exists():
+        return None
+    found = sorted(root.rglob("wqy-microhei.ttc")) + sorted(root.rglob("NotoSansCJK-Regular.ttc"))
+    return found[0] if found else None
+
+
+def gen_ocrpage_zh(rng, pictures, faces, w, h):
+    """gen_ocrpage in Chinese, the PP-OCR models' own language: no spaces between words, so a line's string
+    does not hang on the recogniser's least certain decision (English spaces, "What identical string
+    measures" in the quanttool README). `faces` is [the CJK font]."""
+    im = paper(rng, w, h)
+    d = ImageDraw.Draw(im)
+    y = rng.randint(10, 40)
+    while True:
+        size = rng.randint(18, 34)
+        if y + size * 1.6 > h - 10:
+            break
+        x = rng.randint(15, 80)
+        f = ImageFont.truetype(str(faces[0]), size)
+        text = "".join(rng.choice(ZH_WORDS) for _ in range(rng.randint(1, 8)))
+        if rng.random() < 0.4:
+            text += str(rng.randint(1, 99999))
+        while d.textlength(text, font=f) > w - x - 15 and len(text) > 2:
+            text = text[:-1]
+        d.text((x, y), text, fill=ink(rng), font=f)
+        y += int(size * rng.uniform(1.6, 2.4))
+    return im
+
+
 def gen_layoutpage(rng, pictures, faces, w, h):
     """A document page: header, title, paragraphs, a figure with caption, a ruled table with caption, footer."""
     im = paper(rng, w, h)
@@ -380,20 +419,22 @@ def gen_clickcaptcha(rng, pictures, faces, w, h):
 
 
 GENERATORS = {"natural": gen_natural, "textline": gen_textline, "clsline": gen_clsline, "ocrpage": gen_ocrpage,
-              "layoutpage": gen_layoutpage, "docrot": gen_docrot, "captcha": gen_captcha,
+              "ocrpage_zh": gen_ocrpage_zh, "layoutpage": gen_layoutpage, "docrot": gen_docrot, "captcha": gen_captcha,
               "clickcaptcha": gen_clickcaptcha}
 
 
-def render(model: Model, folder: Path, count: int, seed: int, pictures, faces) -> None:
-    """`count` images for `model` in `folder` (PNG for small rendered text, JPEG for photographs and pages)."""
+def render(model: Model, folder: Path, count: int, seed: int, pictures, faces, images: str | None = None) -> None:
+    """`count` images for `model` in `folder` (PNG for small rendered text, JPEG for photographs and pages),
+    from the generator `images` (default: the model's)."""
+    images = images or model.images
     folder.mkdir(parents=True, exist_ok=True)
     if len(list(folder.iterdir())) >= count:
         return
-    rng = random.Random(f"{model.images}-{seed}")
+    rng = random.Random(f"{images}-{seed}")
     _, h, w = model.shape
     for i in range(count):
-        im = GENERATORS[model.images](rng, pictures, faces, w, h)
-        if model.images in ("natural", "ocrpage", "layoutpage"):
+        im = GENERATORS[images](rng, pictures, faces, w, h)
+        if images in ("natural", "ocrpage", "ocrpage_zh", "layoutpage"):
             im.save(folder / f"{i:04d}.jpg", quality=92)
         else:
             im.save(folder / f"{i:04d}.png")
@@ -446,6 +487,8 @@ def main() -> None:
             continue
         render(model, args.out / name / "calib", args.calib, 0, pictures, faces)
         render(model, args.out / name / "heldout", args.heldout, 1, pictures, faces)
+        if model.images == "ocrpage" and cjk_font():  # PP-OCR end to end also on pages in its own language
+            render(model, args.out / name / "heldout_zh", args.heldout, 1, pictures, [cjk_font()], "ocrpage_zh")
         ready.append(model)
         print(f"{name}: {args.out / name}")
     every = [m for m in MODELS if (args.out / m.name / "model.onnx").exists()]
