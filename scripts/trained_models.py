@@ -270,8 +270,8 @@ def gen_clsline(rng, pictures, faces, w, h):
     return im.rotate(180) if rng.random() < 0.5 else im
 
 
-def gen_ocrpage(rng, pictures, faces, w, h):
-    """A page of left-aligned text lines of mixed sizes (what RapidOCR is fed end to end)."""
+def text_page(rng, w: int, h: int, line) -> Image.Image:
+    """A page of left-aligned text lines of mixed sizes; `line(draw, size, width)` -> (text, font) that fits."""
     im = paper(rng, w, h)
     d = ImageDraw.Draw(im)
     y = rng.randint(10, 40)
@@ -280,10 +280,15 @@ def gen_ocrpage(rng, pictures, faces, w, h):
         if y + size * 1.6 > h - 10:
             break
         x = rng.randint(15, 80)
-        text, f = text_fitting(rng, d, faces, w - x - 15, size, rng.randint(1, 5))
+        text, f = line(d, size, w - x - 15)
         d.text((x, y), text, fill=ink(rng), font=f)
         y += int(size * rng.uniform(1.6, 2.4))
     return im
+
+
+def gen_ocrpage(rng, pictures, faces, w, h):
+    """A page of English text lines (what RapidOCR is fed end to end)."""
+    return text_page(rng, w, h, lambda d, size, width: text_fitting(rng, d, faces, width, size, rng.randint(1, 5)))
 
 
 ZH_WORDS = ("发票 总计 金额 日期 编号 页面 章节 表格 图片 结果 方法 数据 模型 图像 价格 订单 账户 报告 摘要 数量 付款 地址 电话 "
@@ -304,23 +309,15 @@ def gen_ocrpage_zh(rng, pictures, faces, w, h):
     """gen_ocrpage in Chinese, the PP-OCR models' own language: no spaces between words, so a line's string
     does not hang on the recogniser's least certain decision (English spaces, "What identical string
     measures" in the quanttool README). `faces` is [the CJK font]."""
-    im = paper(rng, w, h)
-    d = ImageDraw.Draw(im)
-    y = rng.randint(10, 40)
-    while True:
-        size = rng.randint(18, 34)
-        if y + size * 1.6 > h - 10:
-            break
-        x = rng.randint(15, 80)
+    def line(d, size, width):
         f = ImageFont.truetype(str(faces[0]), size)
         text = "".join(rng.choice(ZH_WORDS) for _ in range(rng.randint(1, 8)))
         if rng.random() < 0.4:
             text += str(rng.randint(1, 99999))
-        while d.textlength(text, font=f) > w - x - 15 and len(text) > 2:
+        while d.textlength(text, font=f) > width and len(text) > 2:
             text = text[:-1]
-        d.text((x, y), text, fill=ink(rng), font=f)
-        y += int(size * rng.uniform(1.6, 2.4))
-    return im
+        return text, f
+    return text_page(rng, w, h, line)
 
 
 def gen_layoutpage(rng, pictures, faces, w, h):
