@@ -146,6 +146,8 @@ def quad_box(points) -> list[float]:
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     return [p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()]
 
+
+PP_STAGES = ("ppocr_det", "ppocr_cls", "ppocr_rec")  # RapidOCR's pipeline, in the order PPEndToEnd takes sessions
 REC_WIDTH = 800  # RapidOCR pads a batch of lines to the widest (48 * w/h); most calibration lines fit 800
 
 
@@ -318,14 +320,12 @@ class PPEndToEnd(RapidOCRTask):
     def no_spaces(results) -> list:
         return [[(box, text.replace(" ", "")) for box, text in page] for page in results]
 
-    def scores(self, ref, stable, got) -> tuple[float, str]:
-        """(% of fp32's lines read identically, a note with the % on fp32-stable lines and ignoring spaces)."""
+    def scores(self, ref, stable, got) -> tuple[float, float, float]:
+        """% of fp32's lines read identically: of all, of the fp32-stable ones, and ignoring spaces."""
         hits, total = self.score(ref, got)
         kept, n_stable = self.score(stable, got)
         loose = self.score(self.no_spaces(ref), self.no_spaces(got))[0]
-        pct = lambda a, b: 100 * a / max(b, 1)  # noqa: E731
-        return pct(hits, total), (f"{pct(kept, n_stable):.1f}% of the {n_stable} lines fp32 reads the same 1 px over; "
-                                  f"{pct(loose, total):.1f}% ignoring spaces")
+        return 100 * hits / max(total, 1), 100 * kept / max(n_stable, 1), 100 * loose / max(total, 1)
 
 
 class Layout(Task):
@@ -574,9 +574,7 @@ def trained(args) -> None:
         if name == "ppocr_rec" and args.rec_calib == "pipeline":
             calib_model = replace(model, shape=(3, 48, REC_WIDTH))
             pages = files(Path(args.trained) / "ppocr_det" / "calib")[:n_calib]
-            PPEndToEnd(None, None).rec_inputs(tuple(session(Path(args.trained) / n / "model.onnx") for n in
-                                                    ("ppocr_det", "ppocr_cls", "ppocr_rec")),
-                                              pages, calib, REC_WIDTH, n_calib)
+            PPEndToEnd(None, None).rec_inputs(fp32_pipeline(args), pages, calib, REC_WIDTH, n_calib)
         else:
             for p in files(folder / "calib")[:n_calib]:
                 shutil.copy(p, calib / p.name)
@@ -607,7 +605,7 @@ def trained(args) -> None:
             int8_paths[(name, label)] = out
             print(f"  {name:12s} {label:34s} {task.unit} {rows[-1][2]:6.1f} of {total}  "
                   f"SQNR {' '.join(f'{v:.1f}' for v in sqnr)}  {seconds:.1f} s", flush=True)
-    if all(n in names for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")):
+    if all(n in names for n in PP_STAGES):
         for held_folder, name in (("heldout", "ppocr e2e"), ("heldout_zh", "ppocr e2e zh")):
             if (Path(args.trained) / "ppocr_det" / held_folder).is_dir():
                 rows += end_to_end(args, files(Path(args.trained) / "ppocr_det" / held_folder)[:n_held], name,
@@ -615,11 +613,16 @@ def trained(args) -> None:
     table(rows)
 
 
+def fp32_pipeline(args) -> tuple:
+    """Sessions of the fp32 PP-OCR det, cls and rec models."""
+    return tuple(session(Path(args.trained) / n / "model.onnx") for n in PP_STAGES)
+
+
 def end_to_end(args, pages: list[Path], name: str, int8_paths: dict) -> list[tuple]:
     """Rows for RapidOCR end to end on `pages`: fp32 on the pages moved by a pixel, then each variant's int8
     det + cls + rec."""
     e2e = PPEndToEnd(None, None)
-    fp32s = tuple(session(Path(args.trained) / n / "model.onnx") for n in ("ppocr_det", "ppocr_cls", "ppocr_rec"))
+    fp32s = fp32_pipeline(args)
     ref = e2e.results(fp32s, pages)
     total = sum(map(len, ref))
     shifted = e2e.shifted(fp32s, pages)
@@ -627,22 +630,23 @@ def end_to_end(args, pages: list[Path], name: str, int8_paths: dict) -> list[tup
     n_stable = sum(map(len, stable))
     rows = []
     for k, got in enumerate(shifted):
-        metric, note = e2e.scores(ref, stable, got)
-        rows.append((name, f"fp32, page moved {e2e.SHIFTS[k]} px", metric, total, [], None, None,
-                     f"{note.split('; ')[1]}; {n_stable} lines read the same on all {len(e2e.SHIFTS)} moved pages"))
+        identical, _, loose = e2e.scores(ref, stable, got)
+        rows.append((name, f"fp32, page moved {e2e.SHIFTS[k]} px", identical, total, [], None, None,
+                     f"{loose:.1f}% ignoring spaces; {n_stable} lines read the same on all {len(e2e.SHIFTS)} "
+                     f"moved pages"))
     for label, _ in variants(args):
-        paths = [int8_paths.get((n, label)) for n in ("ppocr_det", "ppocr_cls", "ppocr_rec")]
+        paths = [int8_paths.get((n, label)) for n in PP_STAGES]
         if None in paths:
             continue
-        metric, note = e2e.scores(ref, stable, e2e.results(tuple(session(p) for p in paths), pages))
+        identical, kept, loose = e2e.scores(ref, stable, e2e.results(tuple(session(p) for p in paths), pages))
         try:
             own = f"{e2e.scores(ref, stable, e2e.own_sessions(paths, pages))[0]:.1f}% identical"
         except Exception as exc:  # noqa: BLE001 - a model RapidOCR cannot load is a result, not a crash
             own = f"failed ({type(exc).__name__}: {str(exc).strip()[:80]})"
-        rows.append((name, label, metric, total, [], None, None,
-                     f"det+cls+rec int8 in RapidOCR; {note}; in RapidOCR's own sessions: {own}"))
+        rows.append((name, label, identical, total, [], None, None,
+                     f"det+cls+rec int8 in RapidOCR; {kept:.1f}% of the {n_stable} lines fp32 reads the same 1 px "
+                     f"over; {loose:.1f}% ignoring spaces; in RapidOCR's own sessions: {own}"))
     return rows
-    table(rows)
 
 
 def table(rows) -> None:

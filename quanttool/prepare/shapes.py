@@ -73,7 +73,6 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...]
     return specs
 
 
-
 def calibrated_at(model: onnx.ModelProto, specs: list) -> dict[str, tuple[int, ...]]:
     """Input name -> the sizes calibration fixed for the dims (after the batch) the model declares dynamic;
     the int8 model keeps them dynamic, but its scales only saw these sizes."""
