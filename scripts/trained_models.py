@@ -476,7 +476,7 @@ def main() -> None:
     unknown = [n for n in args.models.split(",") if n not in BY_NAME]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
-    pictures, faces = natural_pictures(), fonts()
+    pictures, faces, zh_font = natural_pictures(), fonts(), cjk_font()
     ready = []
     for name in args.models.split(","):
         model = BY_NAME[name]
@@ -484,8 +484,8 @@ def main() -> None:
             continue
         render(model, args.out / name / "calib", args.calib, 0, pictures, faces)
         render(model, args.out / name / "heldout", args.heldout, 1, pictures, faces)
-        if model.images == "ocrpage" and cjk_font():  # PP-OCR end to end also on pages in its own language
-            render(model, args.out / name / "heldout_zh", args.heldout, 1, pictures, [cjk_font()], "ocrpage_zh")
+        if model.images == "ocrpage" and zh_font:  # PP-OCR end to end also on pages in its own language
+            render(model, args.out / name / "heldout_zh", args.heldout, 1, pictures, [zh_font], "ocrpage_zh")
         ready.append(model)
         print(f"{name}: {args.out / name}")
     every = [m for m in MODELS if (args.out / m.name / "model.onnx").exists()]
